@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from src.data.validation import DataValidationError, check_inside_root, check_label_values, load_nifti
+
 __all__ = [
     "DataValidationError",
     "atomic_dir",
@@ -28,10 +30,6 @@ __all__ = [
     "site_names",
     "progress",
 ]
-
-
-class DataValidationError(ValueError):
-    """Raised when raw or converted data is unusable; the message names the file and the field."""
 
 
 @contextlib.contextmanager
@@ -73,44 +71,6 @@ def atomic_write_json(path: str | os.PathLike, obj: object) -> Path:
     return path
 
 
-def check_inside_root(relative: str, data_root: str | os.PathLike, field: str) -> Path:
-    """Return ``data_root/relative`` after checking it neither is absolute nor escapes the root."""
-    if os.path.isabs(relative):
-        raise DataValidationError(f"{field}: path {relative!r} must be relative to the data root {str(data_root)!r}")
-    root = Path(data_root).resolve()
-    full = (root / relative).resolve()
-    if root != full and root not in full.parents:
-        raise DataValidationError(f"{field}: path {relative!r} escapes the data root {str(root)!r}")
-    return full
-
-
-def load_nifti(path: str | os.PathLike, field: str = "image"):
-    """Load a NIfTI file fully (catching truncation now, not mid-training); return (array, affine, zooms)."""
-    import nibabel as nib
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataValidationError(f"{field}: file {str(path)!r} does not exist")
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except Exception as e:  # nibabel raises many types for corrupt/truncated gzip or headers
-        raise DataValidationError(f"{field}: cannot read NIfTI {str(path)!r}: {e}") from e
-    if not np.all(np.isfinite(data)):
-        raise DataValidationError(f"{field}: NIfTI {str(path)!r} contains NaN or Inf values")
-    return data, img.affine, tuple(float(z) for z in img.header.get_zooms())
-
-
-def check_label_values(label: np.ndarray, allowed: Sequence[int], path: str | os.PathLike) -> None:
-    """Raise if ``label`` holds values outside ``allowed``, naming the file and the offending values."""
-    values = np.unique(label)
-    bad = sorted(set(values.tolist()) - set(allowed))
-    if bad:
-        raise DataValidationError(
-            f"label: {str(path)!r} has values {bad[:10]} outside the expected set {sorted(allowed)}"
-        )
-
-
 def split_by_fractions(
     ids: Sequence[str], fractions: Sequence[float], seed: int, name: str = "cases"
 ) -> list[list[str]]:
@@ -126,13 +86,16 @@ def split_by_fractions(
         raise DataValidationError(f"{name}: need at least {wanted} cases to split {list(fractions)}, got {len(ids)}")
     order = np.random.default_rng(seed).permutation(len(ids))
     shuffled = [ids[i] for i in order]
-    counts = [int(round(f * len(ids))) if f > 0 else 0 for f in fractions]
-    for i, f in enumerate(fractions):  # every non-empty split keeps at least one case
+    n = len(ids)
+    counts = [int(np.floor(f * n)) for f in fractions]
+    for i, f in enumerate(fractions):  # every split with a positive fraction keeps at least one case
         if f > 0 and counts[i] == 0:
             counts[i] = 1
-    while sum(counts) > len(ids):
+    while sum(counts) > n:
         counts[int(np.argmax(counts))] -= 1
-    counts[int(np.argmax(fractions))] += len(ids) - sum(counts)
+    remainders = sorted(range(len(fractions)), key=lambda i: -(fractions[i] * n - np.floor(fractions[i] * n)))
+    for k in range(n - sum(counts)):  # largest-remainder rounding, ties to the earlier split
+        counts[remainders[k % len(remainders)]] += 1
     parts, start = [], 0
     for c in counts:
         parts.append(shuffled[start : start + c])
@@ -172,10 +135,10 @@ def site_names(n: int) -> list[str]:
 
 
 def progress(items, desc: str, every: int = 0):
-    """Yield from ``items`` printing ``desc i/n`` lines (about ten per loop, or every ``every`` items)."""
+    """Yield from ``items`` printing ``desc i/n`` lines (about four per loop, or every ``every`` items)."""
     items = list(items)
     n = len(items)
-    step = every or max(1, n // 10)
+    step = every or max(1, -(-n // 4))
     for i, item in enumerate(items, 1):
         yield item
         if i % step == 0 or i == n:

@@ -1,0 +1,173 @@
+"""What every job script shares: its command-line options, staging of the project code, and running it.
+
+A job script only composes: parse options -> ``build_recipe(args)`` (importable, no side effects) -> ``execute``.
+NVFlare is imported lazily because importing ``nvflare.recipe`` strips ``--export-dir`` from ``sys.argv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from src.config.base import LearnerConfig  # noqa: E402
+from src.learners.client_api import STAGED_CONFIG  # noqa: E402
+
+SRC_DIR = ROOT / "src"
+# relative to ROOT: NVFlare keeps a relative script path, so the exported job finds it in custom/jobs/
+CLIENT_SCRIPT = "jobs/fl_client.py"
+TRACKING_CHOICES = {
+    "tensorboard": ("tensorboard",),
+    "mlflow": ("mlflow",),
+    "both": ("tensorboard", "mlflow"),
+    "none": (),
+}
+
+
+def job_parser(description: str, *, name: str, n_clients: int, num_rounds: int, local_epochs: int,
+               data_root: str, datalist_dir: str) -> argparse.ArgumentParser:
+    """The options every job takes (``--help`` shows the job's own defaults)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--env", choices=("sim", "poc", "export"), default="sim",
+                   help="run in the simulator, submit to a running POC deployment, or only export the job folder")
+    p.add_argument("--export-dir", default=None, help="where --env export writes the job (default: results/<name>_job)")
+    p.add_argument("--n-clients", type=int, default=n_clients, help="number of sites (site-1 .. site-N)")
+    p.add_argument("--sites", nargs="+", default=None, help="explicit site names (overrides --n-clients)")
+    p.add_argument("--num-rounds", type=int, default=num_rounds, help="federated rounds")
+    p.add_argument("--local-epochs", type=int, default=local_epochs, help="local epochs per round")
+    p.add_argument("--tracking", choices=tuple(TRACKING_CHOICES), default="both", help="dashboards to fill")
+    p.add_argument("--data-root", default=data_root, help="folder the datalist paths are relative to")
+    p.add_argument("--datalist-dir", default=datalist_dir, help="folder holding <site>.json datalists")
+    p.add_argument("--workspace", default=str(ROOT / "workspace"), help="simulator / POC workspace root")
+    p.add_argument("--seed", type=int, default=0, help="base seed; each site derives its own")
+    p.add_argument("--name", default=name, help="job name (also the result folder's name)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per site; 0 shares the CPU cores among sites")
+    p.add_argument("--no-cross-site-eval", action="store_true", help="skip cross-site evaluation at the end")
+    return p
+
+
+@contextlib.contextmanager
+def at_repo_root():
+    """NVFlare resolves the relative client script against the working directory: build and run from ROOT."""
+    old = Path.cwd()
+    os.chdir(ROOT)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def parse_job_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse the options, then import NVFlare's recipe module without letting it re-read ``sys.argv``."""
+    args = parser.parse_args(argv)
+    saved, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        import nvflare.recipe.spec  # noqa: F401  (consumes --export/--export-dir from sys.argv on import)
+    finally:
+        sys.argv = saved
+    return args
+
+
+def sites_of(args) -> list[str]:
+    return args.sites or [f"site-{i}" for i in range(1, args.n_clients + 1)]
+
+
+def common_config(args) -> dict:
+    """LearnerConfig fields that come straight from the common options (absolute paths for the simulator)."""
+    return {
+        "data_root": str(Path(args.data_root).resolve()),
+        "datalist_dir": str(Path(args.datalist_dir).resolve()),
+        "local_epochs": args.local_epochs,
+        "seed": args.seed,
+        "num_threads": args.threads,
+        "n_clients": len(sites_of(args)),
+        "tracking": TRACKING_CHOICES[args.tracking],
+    }
+
+
+def stage_project(recipe, learner: type, config: LearnerConfig) -> None:
+    """Put the ``src`` package and the learner config into the job's ``custom/`` folders (self-contained job)."""
+    staging = Path(tempfile.mkdtemp(prefix="fl-job-"))
+    staged = {
+        "learner": f"{learner.__module__}.{learner.__qualname__}",
+        "config_class": f"{type(config).__module__}.{type(config).__qualname__}",
+        "config": config.to_dict(),
+    }
+    shutil.copytree(SRC_DIR, staging / "code" / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (staging / "config").mkdir()
+    (staging / "config" / STAGED_CONFIG).write_text(json.dumps(staged, indent=2))
+    # a folder's contents land in custom/, so stage the folders that *contain* src/ and the config
+    recipe.add_client_file(str(staging / "code"))
+    recipe.add_client_file(str(staging / "config"))
+    recipe.add_server_file(str(staging / "code"))
+
+
+def build_fedavg_recipe(args, model, learner: type, config: LearnerConfig, recipe_class=None, **recipe_kwargs):
+    """A FedAvg-family recipe (``FedAvgRecipe`` by default) running ``learner`` at every site, fully equipped."""
+    if recipe_class is None:
+        from nvflare.app_opt.pt.recipes import FedAvgRecipe as recipe_class
+    with at_repo_root():
+        recipe = recipe_class(
+            name=args.name,
+            model=model,
+            min_clients=len(sites_of(args)),
+            num_rounds=args.num_rounds,
+            train_script=CLIENT_SCRIPT,
+            key_metric=learner.key_metric,
+            **recipe_kwargs,
+        )
+        stage_project(recipe, learner, config)
+        add_standard_components(recipe, args)
+    return recipe
+
+
+def add_standard_components(recipe, args) -> None:
+    """Tracking receivers, cross-site evaluation and a short task-request interval (see nvflare-notes)."""
+    from nvflare.recipe.utils import add_cross_site_evaluation, add_experiment_tracking
+
+    for kind in TRACKING_CHOICES[args.tracking]:
+        add_experiment_tracking(recipe, kind)
+    if not args.no_cross_site_eval:
+        add_cross_site_evaluation(recipe)
+    # the 2 s default between task requests dominates short rounds on a laptop
+    recipe.add_server_config({"server": {"task_request_interval": 0.1}})
+
+
+def execute(recipe, args) -> Path | None:
+    """Export, simulate or submit ``recipe`` as ``--env`` says; return the result folder (None for export)."""
+    with at_repo_root():
+        return _execute(recipe, args)
+
+
+def _execute(recipe, args) -> Path | None:
+    if args.env == "export":
+        out = Path(args.export_dir or ROOT / "results" / f"{args.name}_job").resolve()
+        if out.exists():
+            shutil.rmtree(out)
+        recipe.export(str(out.parent))
+        exported = out.parent / recipe.name
+        if exported != out:
+            shutil.move(str(exported), str(out))
+        print(f"job exported to {out}\nrun it with: nvflare simulator {out} -n {len(sites_of(args))} "
+              f"-t {len(sites_of(args))} -w {ROOT / 'workspace' / args.name}")
+        return None
+    if args.env == "sim":
+        from nvflare.recipe import SimEnv
+
+        sites = sites_of(args)
+        env = SimEnv(clients=sites, num_clients=len(sites), workspace_root=str(Path(args.workspace).resolve()))
+        os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        run = recipe.execute(env)
+        return Path(run.get_result())
+    from jobs.poc import submit_to_poc
+
+    return submit_to_poc(recipe, args)

@@ -1,0 +1,99 @@
+"""NVFlare Client API loop shared by every job: one learner per site answers train, validate and submit_model.
+
+The job stages ``learner_config.json`` (learner class, config class, config values) next to the entry script
+in the job's ``custom/`` folder; every site builds its learner from it and its own site name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import traceback
+from pathlib import Path
+
+STAGED_CONFIG = "learner_config.json"
+NUM_STEPS_KEY = "NUM_STEPS_CURRENT_ROUND"
+
+log = logging.getLogger(__name__)
+
+
+def import_object(dotted: str):
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_learner(site: str, staged: dict, output_dir: Path):
+    config = import_object(staged["config_class"]).from_dict(staged["config"])
+    return import_object(staged["learner"])(site, config, output_dir=output_dir)
+
+
+class MetricLogger:
+    """Sends a site's metrics to the dashboards the job enabled (through NVFlare's tracking writers)."""
+
+    def __init__(self, tracking, config: dict):
+        from nvflare.client.tracking import MLflowWriter, SummaryWriter
+
+        self.tb = SummaryWriter() if "tensorboard" in tracking else None
+        self.mlflow = MLflowWriter() if "mlflow" in tracking else None
+        if self.mlflow:
+            self.mlflow.log_params({k: str(v)[:250] for k, v in config.items() if k != "extra"})
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            if self.tb:
+                self.tb.add_scalar(key, value, step)
+        if self.mlflow:
+            self.mlflow.log_metrics(metrics, step=step)
+
+
+def run(staged: dict) -> None:
+    import nvflare.client as flare
+    from nvflare.app_common.abstract.fl_model import FLModel
+
+    flare.init()
+    site = flare.get_site_name()
+    try:
+        learner = build_learner(site, staged, Path.cwd() / "models")
+    except Exception:
+        # fail the job with the reason instead of leaving the server waiting for this site
+        log.error(f"{site}: cannot start the learner:\n{traceback.format_exc()}")
+        raise
+    print(f"{site}: {type(learner).__name__} on {learner.device}, "
+          f"{ {k: len(v) for k, v in learner.datalist.items()} } cases", flush=True)
+    metrics_log = MetricLogger(learner.config.tracking, staged["config"])
+    while flare.is_running():
+        received = flare.receive()
+        if received is None:
+            break
+        if flare.is_submit_model():
+            flare.send(FLModel(params=learner.best_local_state()))
+            continue
+        if flare.is_evaluate():
+            flare.send(FLModel(metrics=learner.evaluate(received.params, split=learner.config.eval_split)))
+            continue
+        round_number = received.current_round or 0
+        global_metrics = learner.evaluate(received.params, split="validation")
+        result = learner.train_round(received.params, round_number)
+        local_metrics = {f"{k}_local": v for k, v in learner.evaluate(split="validation").items()}
+        learner.update_best({k.removesuffix("_local"): v for k, v in local_metrics.items()})
+        step = round_number
+        metrics_log.log({**global_metrics, **local_metrics, **result.metrics}, step)
+        print(f"{site} round {round_number}: {_fmt(global_metrics)} (global) {_fmt(result.metrics)}", flush=True)
+        # the global model's validation score is what the server's model selection compares
+        flare.send(FLModel(params=result.params, metrics=global_metrics, meta={NUM_STEPS_KEY: result.num_steps}))
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="NVFlare Client API entry point of the bundle's jobs")
+    parser.add_argument("--config", default=STAGED_CONFIG, help="staged learner config (relative to this script)")
+    args = parser.parse_args(argv)
+    path = Path(args.config)
+    if not path.is_absolute():
+        path = Path(__file__).resolve().parents[2] / path if not path.exists() else path
+    run(json.loads(path.read_text()))
