@@ -30,22 +30,23 @@ def build_learner(site: str, staged: dict, output_dir: Path):
 
 
 class MetricLogger:
-    """Sends a site's metrics to the dashboards the job enabled (through NVFlare's tracking writers)."""
+    """Sends a site's metrics to the server's tracking receivers (TensorBoard and/or MLflow).
+
+    One writer feeds every receiver: NVFlare's receivers each accept the other's analytics events, so logging
+    through both writers would store every value twice.
+    """
 
     def __init__(self, tracking, config: dict):
         from nvflare.client.tracking import MLflowWriter, SummaryWriter
 
-        self.tb = SummaryWriter() if "tensorboard" in tracking else None
-        self.mlflow = MLflowWriter() if "mlflow" in tracking else None
-        if self.mlflow:
-            self.mlflow.log_params({k: str(v)[:250] for k, v in config.items() if k != "extra"})
+        self.writer = SummaryWriter() if tracking else None
+        if "mlflow" in tracking:  # the run's configuration as MLflow parameters
+            MLflowWriter().log_params({k: str(v)[:250] for k, v in config.items() if k != "extra"})
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        for key, value in metrics.items():
-            if self.tb:
-                self.tb.add_scalar(key, value, step)
-        if self.mlflow:
-            self.mlflow.log_metrics(metrics, step=step)
+        if self.writer:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, step)
 
 
 def run(staged: dict) -> None:
