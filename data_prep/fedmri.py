@@ -250,7 +250,8 @@ def inspect_brats_case(case_dir: str | os.PathLike, modality: str = "t1", min_fo
             raise DataValidationError(f"{other}: cannot read NIfTI {str(other_path)!r}: {e}") from e
         if tuple(header.get_data_shape()) != image.shape:
             raise DataValidationError(
-                f"{other}: {str(other_path)!r} shape {tuple(header.get_data_shape())} differs from {modality} {image.shape}"
+                f"{other}: {str(other_path)!r} shape {tuple(header.get_data_shape())} differs from "
+                f"{modality} {image.shape}"
             )
         if not np.allclose(header.get_zooms()[:3], zooms[:3], atol=1e-3):
             raise DataValidationError(
@@ -470,10 +471,13 @@ def _check_converted_file(path: Path) -> tuple[int, ...]:
         kspace = _dataset(f, "kspace", path)
         target = _dataset(f, "target", path)
         if kspace.dtype.kind != "c" or kspace.ndim != 3:
-            raise DataValidationError(f"kspace: {str(path)!r} must be complex [S, N, N], got {kspace.dtype} {kspace.shape}")
+            raise DataValidationError(
+                f"kspace: {str(path)!r} must be complex [S, N, N], got {kspace.dtype} {kspace.shape}"
+            )
         if target.dtype.kind != "f" or target.shape != kspace.shape:
             raise DataValidationError(
-                f"target: {str(path)!r} must be float shaped like kspace {kspace.shape}, got {target.dtype} {target.shape}"
+                f"target: {str(path)!r} must be float shaped like kspace {kspace.shape}, "
+                f"got {target.dtype} {target.shape}"
             )
         k, t = kspace[()], target[()]
         if not (np.all(np.isfinite(k)) and np.all(np.isfinite(t))):

@@ -177,7 +177,9 @@ def brain_labels(n: int, z: float, params: dict, fov_fill: float) -> np.ndarray:
     ay, ax = (a * scale for a in params["semi_axes"])
     r = np.sqrt((y / ay) ** 2 + (x / ax) ** 2)  # 1 on the scalp surface
     theta = np.arctan2(y, x)
-    folds = sum(a * np.sin(k * 7 * theta + p) for k, (a, p) in enumerate(zip(params["fold_amp"], params["fold_phase"]), 1))
+    folds = sum(
+        a * np.sin(k * 7 * theta + p) for k, (a, p) in enumerate(zip(params["fold_amp"], params["fold_phase"]), 1)
+    )
 
     labels = np.zeros((n, n), dtype=np.uint8)
     labels[r <= 1.0] = SCALP
@@ -538,7 +540,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help=f"number of default sites to write, 1..{len(DEFAULT_SITES)} (default: %(default)s)")
     parser.add_argument("--volumes", type=int, default=4, help="volumes per site (default: %(default)s)")
     parser.add_argument("--slices", type=int, default=3, help="slices per fastMRI file (default: %(default)s)")
-    parser.add_argument("--depth", type=int, default=16, help="slices per BraTS volume; real: 155 (default: %(default)s)")
+    parser.add_argument("--depth", type=int, default=16,
+                        help="slices per BraTS volume; real: 155 (default: %(default)s)")
     parser.add_argument("--fastmri-matrix", type=int, default=None,
                         help="override the fastMRI reconstruction matrix (public files: 320)")
     parser.add_argument("--brats-matrix", type=int, default=None,
