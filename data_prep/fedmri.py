@@ -206,11 +206,16 @@ def inspect_fastmri_file(path: str | os.PathLike, consistency_rtol: float = 0.05
                 "acquisition": str(f.attrs.get("acquisition", ""))}
 
 
-def _read_fastmri(path: Path) -> dict:
-    """Read a whole fastMRI file with MONAI's reader (datasets and attributes in one dict)."""
-    from monai.apps.reconstruction.fastmri_reader import FastMRIReader
+def _read_dataset(path: Path, key: str) -> np.ndarray:
+    """Read one dataset of a fastMRI file.
 
-    return FastMRIReader().read(str(path))
+    MONAI's ``FastMRIReader.read`` loads every dataset of the file; the RSS path needs only
+    ``reconstruction_rss``, and loading a public multi-coil k-space (about 0.5 GB a volume) just to drop it is
+    wasteful, so the converter reads the one dataset it needs with h5py. Tests read the same files through
+    ``FastMRIReader`` to show that they are what MONAI users get.
+    """
+    with h5py.File(path, "r") as f:
+        return f[key][()]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -319,11 +324,10 @@ def load_volume(vol: SourceVolume) -> tuple[np.ndarray, np.ndarray]:
         # NIfTI [x, y, z] -> slices [z, y, x] (rows = y), the orientation the generator drew.
         target = np.transpose(data[..., vol.slice_indices].astype(np.float32), (2, 1, 0))
         return fft2c(target.astype(np.complex64)).astype(np.complex64), target
-    raw = _read_fastmri(vol.path)
     if vol.layout == "fastmri_singlecoil":
-        image = center_crop(ifft2c(np.asarray(raw["kspace"])), vol.matrix)
+        image = center_crop(ifft2c(_read_dataset(vol.path, "kspace")), vol.matrix)
         return fft2c(image).astype(np.complex64), np.abs(image).astype(np.float32)
-    target = np.asarray(raw["reconstruction_rss"], dtype=np.float32)
+    target = np.asarray(_read_dataset(vol.path, "reconstruction_rss"), dtype=np.float32)
     return fft2c(target.astype(np.complex64)).astype(np.complex64), target
 
 
