@@ -173,3 +173,29 @@ def test_site_spec_rejects_bad_values(kwargs, match):
 def test_generate_rejects_empty_sizes(tmp_path):
     with pytest.raises(ValueError, match="volumes_per_site"):
         syn.generate(tmp_path, SMALL_SITES, volumes_per_site=0)
+
+
+# Order of ismrmrdHeader's xs:sequence and the required children, transcribed from ismrmrd/schema/ismrmrd.xsd.
+HEADER_SEQUENCE = ["version", "subjectInformation", "studyInformation", "measurementInformation",
+                   "acquisitionSystemInformation", "experimentalConditions", "encoding", "sequenceParameters",
+                   "userParameters", "waveformInformation"]
+ENCODING_REQUIRED = {"encodedSpace", "reconSpace", "encodingLimits", "trajectory"}
+
+
+def test_ismrmrd_header_follows_the_schema_structure():
+    xml = syn.ismrmrd_header_xml((64, 36), (32, 32), 220.0, 5.0, 3, 4, (1, 34), "AXT2")
+    root = ET.fromstring(xml)
+    assert root.tag == NS + "ismrmrdHeader"
+    tags = [child.tag.removeprefix(NS) for child in root]
+    assert tags == sorted(tags, key=HEADER_SEQUENCE.index)  # schema order
+    assert {"experimentalConditions", "encoding"} <= set(tags)  # minOccurs=1
+    encoding = root.find(NS + "encoding")
+    assert {c.tag.removeprefix(NS) for c in encoding} >= ENCODING_REQUIRED
+    for space in ("encodedSpace", "reconSpace"):
+        assert [c.tag.removeprefix(NS) for c in encoding.find(NS + space + "/" + NS + "matrixSize")] == ["x", "y", "z"]
+    assert _query(root, "measurementInformation", "patientPosition") == "HFS"
+    assert int(_query(root, "experimentalConditions", "H1resonanceFrequency_Hz")) > 0
+    assert float(_query(root, "encoding", "encodedSpace", "fieldOfView_mm", "x")) == pytest.approx(440.0)
+    # padding_left = 36 // 2 - center = 1 (first acquired column), padding_right = 1 + 33 + 1 = 35 (exclusive)
+    assert int(_query(root, "encoding", "encodingLimits", "kspace_encoding_step_1", "center")) == 17
+    assert int(_query(root, "encoding", "encodingLimits", "kspace_encoding_step_1", "maximum")) == 33
