@@ -102,19 +102,19 @@ def faz_case(size: int, style: SiteStyle, rng: np.random.Generator) -> tuple[np.
     scale = 3.0 / style.fov  # a wider field of view shows the same FAZ smaller
     radius = _wobbly_radius(theta, size * rng.uniform(0.07, 0.12) * scale, rng, 0.12)
     mask = (dist < radius).astype(np.uint8)
-    capillaries = _ridges((size, size), 2.0 * scale * size / 256, 0.18, rng)
-    vessels = _ridges((size, size), 7.0 * scale * size / 256, 0.08, rng)
+    capillaries = _ridges((size, size), 2.0 * scale * size / 256, 0.25, rng)
+    vessels = _ridges((size, size), 7.0 * scale * size / 256, 0.10, rng)
     avascular = 1.0 / (1.0 + np.exp(-(dist - radius) / 1.5))  # 0 inside the FAZ, 1 outside
-    img = 0.15 + (0.55 * capillaries + 0.45 * vessels) * avascular
+    img = 0.10 + (0.9 * capillaries + 0.6 * vessels) * avascular
     return _finish(img, style, rng, axes=(0, 1)), mask
 
 
-def _vessel_tree(size: int, cy: float, cx: float, rng: np.random.Generator) -> np.ndarray:
-    """Soft map of 6-10 vessels leaving the disc centre as random-walk polylines."""
+def _vessel_tree(size: int, cy: float, cx: float, start_r: float, rng: np.random.Generator) -> np.ndarray:
+    """Soft map of 6-10 vessels leaving the cup edge (``start_r`` from the centre) as random-walk polylines."""
     canvas = np.zeros((size, size))
     for _ in range(int(rng.integers(6, 11))):
         angle = rng.uniform(-np.pi, np.pi)
-        y, x = cy, cx
+        y, x = cy + start_r * np.sin(angle), cx + start_r * np.cos(angle)
         thick = rng.uniform(0.8, 1.8)
         for _ in range(int(size * 1.2)):
             angle += rng.normal(0, 0.06)
@@ -122,7 +122,8 @@ def _vessel_tree(size: int, cy: float, cx: float, rng: np.random.Generator) -> n
             if not (0 <= y < size and 0 <= x < size):
                 break
             canvas[int(y), int(x)] = thick
-    return np.clip(ndimage.gaussian_filter(canvas, 1.0) * 3.0, 0.0, 1.0)
+    sigma = max(0.5, size / 256)
+    return np.clip(ndimage.gaussian_filter(canvas, sigma) * 3.0, 0.0, 1.0)
 
 
 def odoc_case(size: int, style: SiteStyle, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +146,7 @@ def odoc_case(size: int, style: SiteStyle, rng: np.random.Generator) -> tuple[np
     base = np.array([0.72, 0.32, 0.12])[:, None, None] * illumination
     img = base + np.array([0.25, 0.35, 0.25])[:, None, None] * soft_disc
     img = img + np.array([0.05, 0.15, 0.20])[:, None, None] * soft_cup
-    vessels = _vessel_tree(size, cy, cx, rng)
+    vessels = _vessel_tree(size, cy, cx, float(cup_r.mean()), rng)
     img = img * (1.0 - np.array([0.35, 0.6, 0.6])[:, None, None] * vessels)
     img = img * np.asarray(style.colour)[:, None, None]
     fov = np.hypot(yy - size / 2, xx - size / 2) < style.fov * size / 2

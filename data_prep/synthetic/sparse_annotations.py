@@ -6,7 +6,7 @@ value the partial cross-entropy skips). Class 0 (background) is annotated too, a
 
 How each form looks, and the invariant the unit tests hold it to:
 
-- ``scribble``: one thin curve (1-2 px) per region, including the background, drawn along a level set
+- ``scribble``: one thin (1 px) curve per region, including the background, drawn along a level set
   of the distance to the region's boundary and cut to an arc. Every scribble pixel lies in the region it
   labels.
 - ``scribble_noisy``: the same kind of curve drawn close to the boundary and then shifted by a few pixels,
@@ -83,7 +83,7 @@ def _arc(curve: np.ndarray, centre: np.ndarray, rng: np.random.Generator, lo: fl
 
 
 def _level_curve(region: np.ndarray, is_background: bool, rng: np.random.Generator, near_edge: bool) -> np.ndarray:
-    """A thin band ``|d - level| < 0.75`` of the inner distance ``d`` to the region's boundary."""
+    """The 1-px contour of ``{d >= level}``, ``d`` the distance to the region's boundary (image border excluded)."""
     dist = ndimage.distance_transform_edt(region)
     dmax = float(dist.max())
     if near_edge:
@@ -93,7 +93,16 @@ def _level_curve(region: np.ndarray, is_background: bool, rng: np.random.Generat
     else:
         level = rng.uniform(0.35, 0.6) * dmax
     level = min(level, max(dmax - 0.5, 0.5))
-    return region & (np.abs(dist - level) < 0.75)
+    inner = dist >= level
+    return inner & ~ndimage.binary_erosion(inner, border_value=1)
+
+
+def _largest_piece(curve: np.ndarray) -> np.ndarray:
+    """The largest 8-connected piece: an annulus's level set has an inner and an outer contour, keep one."""
+    labels, n = ndimage.label(curve, structure=np.ones((3, 3)))
+    if n <= 1:
+        return curve
+    return labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
 
 
 def _curve_per_region(mask, num_classes, rng, near_edge):
@@ -103,7 +112,7 @@ def _curve_per_region(mask, num_classes, rng, near_edge):
         region = mask == k
         if not region.any():
             continue
-        curve = _arc(_level_curve(region, k == 0, rng, near_edge), centre, rng)
+        curve = _largest_piece(_arc(_level_curve(region, k == 0, rng, near_edge), centre, rng))
         if not curve.any():  # region thinner than the band: fall back to its deepest pixel
             dist = ndimage.distance_transform_edt(region)
             curve = np.zeros_like(region)
