@@ -173,7 +173,12 @@ def _check_image(image: np.ndarray, spec: TaskSpec, path: Path) -> np.ndarray:
 
 
 def _check_label(label: np.ndarray, field: str, allowed: Sequence[int], hw: tuple[int, int], path: Path) -> np.ndarray:
-    if not (np.issubdtype(label.dtype, np.integer) or label.dtype == bool):
+    if np.issubdtype(label.dtype, np.floating):  # tolerated when every value is a whole number (0.0, 1.0, ...)
+        if not (np.all(np.isfinite(label)) and np.array_equal(label, np.round(label))):
+            raise DataValidationError(
+                f"{field}: {str(path)!r} has dtype {label.dtype} with non-integer values, expected class indices"
+            )
+    elif not (np.issubdtype(label.dtype, np.integer) or label.dtype == bool):
         raise DataValidationError(f"{field}: {str(path)!r} has dtype {label.dtype}, expected integer class indices")
     if label.shape != hw:
         raise DataValidationError(f"{field}: {str(path)!r} has shape {label.shape}, image is {hw}")

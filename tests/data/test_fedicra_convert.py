@@ -136,6 +136,12 @@ def _damage_wrong_dtype(root):
     return [path.name, "image", "dtype uint8"]
 
 
+def _damage_fractional_label(root):
+    path = _first(root, "test")
+    _rewrite_h5(path, mask=np.full((SIZE, SIZE), 0.5, np.float32))
+    return [path.name, "mask", "float32 with non-integer values"]
+
+
 def _damage_wrong_rank(root):
     path = _first(root, "test")
     _rewrite_h5(path, image=np.zeros((SIZE, SIZE), np.float32))
@@ -210,9 +216,9 @@ def _damage_size(root):
     return [path.name, "share one size"]
 
 
-H5_DAMAGES = [_damage_missing_dataset, _damage_wrong_dtype, _damage_wrong_rank, _damage_label_values,
-              _damage_shape_mismatch, _damage_nan, _damage_range, _damage_empty_sparse, _damage_empty_site,
-              _damage_domain_gap, _damage_leak, _damage_corrupt, _damage_size]
+H5_DAMAGES = [_damage_missing_dataset, _damage_wrong_dtype, _damage_fractional_label, _damage_wrong_rank,
+              _damage_label_values, _damage_shape_mismatch, _damage_nan, _damage_range, _damage_empty_sparse,
+              _damage_empty_site, _damage_domain_gap, _damage_leak, _damage_corrupt, _damage_size]
 
 
 @pytest.mark.parametrize("damage", H5_DAMAGES, ids=lambda f: f.__name__[8:])
@@ -267,6 +273,15 @@ def test_bad_png_input_is_named_and_nothing_is_written(copy, tmp_path, damage):
     for part in expected:
         assert re.search(part, str(err.value)), (part, str(err.value))
     assert not (tmp_path / "dl").exists()
+
+
+def test_whole_number_float_labels_are_accepted(copy, tmp_path):
+    root = copy("faz", "h5")
+    path = _first(root, "test")
+    with h5py.File(path, "r") as f:
+        mask = f["mask"][()]
+    _rewrite_h5(path, mask=mask.astype(np.float64))
+    assert len(fedicra.convert(root, "faz", datalist_dir=tmp_path / "dl")) == N_SITES
 
 
 def test_validate_catches_escaping_and_shared_paths(raw, tmp_path):
