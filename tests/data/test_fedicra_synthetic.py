@@ -118,3 +118,17 @@ def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_generate_rejects_bad_options(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         syn.generate(tmp_path, **kwargs)
+
+
+def test_monai_pil_reader_reads_the_png_tree(out):
+    from monai.transforms import LoadImage
+
+    load = LoadImage(reader="PILReader", image_only=True, reverse_indexing=False)
+    for task_root, h5_root in (("FAZ", "FAZ_h5"), ("ODOC", "ODOC_h5")):
+        png = out / task_root / "Domain1" / "train"
+        with h5py.File(out / h5_root / "Domain1" / "train" / "d1_train_000.h5", "r") as f:
+            image, scribble = f["image"][()], f["scribble"][()]
+        got = np.asarray(load(png / "imgs" / "d1_train_000.png"))
+        expected = np.round(image * 255)
+        assert np.array_equal(got, expected.transpose(1, 2, 0) if image.ndim == 3 else expected)
+        assert np.array_equal(np.asarray(load(png / "scr" / "d1_train_000.png")), scribble)
