@@ -103,7 +103,7 @@ def resample_in_plane(
     grid = np.meshgrid(np.arange(size[0]) * ratio[0], np.arange(size[1]) * ratio[1], np.arange(image.shape[2]),
                        indexing="ij")
     new_image = ndimage.map_coordinates(np.asarray(image, np.float32), grid, order=1, mode="nearest")
-    new_label = ndimage.map_coordinates(np.asarray(label, np.uint8), grid, order=0, mode="constant", cval=0)
+    new_label = ndimage.map_coordinates(np.asarray(label, np.uint8), grid, order=0, mode="nearest")
     new_affine = affine.copy()
     new_affine[:3, :2] = affine[:3, :2] * ratio
     return new_image.astype(np.float32), new_label.astype(np.uint8), new_affine
