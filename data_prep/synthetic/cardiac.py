@@ -148,6 +148,13 @@ def _contraction(n_frames: int, ed: int, es: int) -> np.ndarray:
     )
 
 
+def _systole_frames(n_frames: int, rng: np.random.Generator) -> int:
+    """Frames from ED to ES: about a third to a half of the cycle, and always 1..n_frames-1."""
+    low = max(1, n_frames // 3)
+    high = min(n_frames - 1, max(low, n_frames // 2))
+    return int(rng.integers(low, high + 1))
+
+
 def _slice_labels(x: np.ndarray, y: np.ndarray, shape: HeartShape, taper: float, c: float, rv_on: bool):
     """Return boolean (lv, myo, rv) masks of one slice on mm coordinate grids ``x``, ``y`` (H, W)."""
     lv_r = shape.lv_radius * taper * (1.0 - c * (1.0 - shape.lv_es_scale))
@@ -271,7 +278,7 @@ def generate_acdc(
             rng = np.random.default_rng([seed, i])
             pid = f"patient{i:03d}"
             ed = 0  # ACDC's ED is almost always the first frame
-            es = int(rng.integers(max(2, n_frames // 3), max(3, n_frames // 2) + 1))
+            es = ed + _systole_frames(n_frames, rng)
             image, labels = render_cine(HeartShape.random(rng), look, n_slices, n_frames, ed, es, rng)
             labels = _remap(labels, _ACDC_RAW)
             case = tmp / "training" / pid
@@ -347,7 +354,7 @@ def generate_mnms(
             name, centres, look = VENDORS[vendor]
             # some vendors start the cine at end-systole's far side: ED is then the last frame
             ed = n_frames - 1 if vendor == "B" and index % 2 else 0
-            es = (ed + int(rng.integers(max(2, n_frames // 3), max(3, n_frames // 2) + 1))) % n_frames
+            es = (ed + _systole_frames(n_frames, rng)) % n_frames
             image, labels = render_cine(HeartShape.random(rng), look, n_slices, n_frames, ed, es, rng)
             keep = np.zeros(n_frames, bool)
             keep[[ed, es]] = True
