@@ -14,6 +14,8 @@ Decisions against the reference (see the FedICRA digest):
   mismatch), and :meth:`state_dict` / :meth:`load_state_dict` let a learner checkpoint it.
 - It refuses to run with gradients disabled, i.e. inside an evaluation pass (the reference also ran it in
   ``evaluate()``, which replaced the personalised model after each evaluation round).
+- BN running statistics touched by the W-learning forward passes are restored (FedALA learns on a copy and keeps
+  only the mixed parameters, so its buffers stay the global ones).
 - The first call's loop is capped at ``max_first_call_epochs`` (FedALA has no cap and can loop forever when the
   loss is noisy); the cap is logged in the returned info.
 
@@ -149,6 +151,9 @@ class AdaptiveDecoderMixing:
         self._ensure_weights(global_state)
         self._load(params, self.mix(global_state, local_state))
         flags = {name: p.requires_grad for name, p in params.items()}
+        # forward passes in train mode update BN statistics; FedALA learns W on a copy and keeps only the mixed
+        # parameters, so the buffers loaded from the global model are restored afterwards
+        buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
         for name, p in params.items():
             p.requires_grad_(name in self.adaptive_keys)
         losses: list[float] = []
@@ -169,6 +174,9 @@ class AdaptiveDecoderMixing:
             for name, p in params.items():
                 p.requires_grad_(flags[name])
                 p.grad = None
+            with torch.no_grad():
+                for name, b in model.named_buffers():
+                    b.copy_(buffers[name])
         self.first_call_done = True
         return {"mixed": True, "epochs": len(losses), "losses": losses, "capped": capped}
 
