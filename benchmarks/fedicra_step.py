@@ -3,8 +3,8 @@
 Measured in one run on synthetic data (fundus-like 3-channel images with smooth blobs, 3 classes, ~5 % scribble
 pixels): the full step (forward, pCE + tree energy + 0.1 gated CRF + site-contrastive, backward, AdamW) and, on
 detached copies of the network outputs, each loss's forward + backward alone. ``rest = full - loss`` for each loss.
-Peak extra memory of the gated CRF (ours vs a reference-style unfold) is measured in child processes as the growth
-of the maximum resident set size.
+Peak extra memory of the gated CRF (ours vs a reference-style unfold) is the growth of the resident set's
+high-water mark during its forward + backward (Linux ``/proc/self/clear_refs``), each in a fresh child process.
 
 Usage:
     python benchmarks/fedicra_step.py            # 256 x 256, batch 4 (the paper's size)
@@ -18,7 +18,6 @@ import argparse
 import json
 import multiprocessing as mp
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -96,27 +95,44 @@ def _unfold_gated_crf(probs, image, radius=5, sigma_xy=6.0, sigma_rgb=0.1):
     return (kern.sum() - ((kern * up).sum(2) * probs).sum()) / (b * h * w)
 
 
-def _crf_memory_child(kind, batch, size, classes, channels, queue):
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def crf_peak_memory_mib(fn, probs: torch.Tensor, image: torch.Tensor) -> float | None:
+    """Growth of the resident set's high-water mark (VmHWM, reset through /proc/self/clear_refs) during fwd+bwd.
+
+    Returns None where the kernel does not allow resetting the peak (non-Linux, old kernels).
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_kib("VmRSS")
+    except OSError:
+        return None
+    fn(probs, image).backward()
+    return (_status_kib("VmHWM") - before) / 1024.0
+
+
+def _crf_memory_child(kind: str, batch: int, size: int, classes: int, channels: int, queue) -> None:
     torch.set_num_threads(1)
     image, _ = synthetic_batch(batch, size, channels, classes)
     probs = torch.softmax(torch.randn(batch, classes, size, size), 1).requires_grad_(True)
-    fn = gated_crf_loss if kind == "offset_loop" else _unfold_gated_crf
-    small = torch.softmax(torch.randn(1, classes, 16, 16), 1).requires_grad_(True)
-    fn(small, image[:1, :, :16, :16]).backward()  # warm up allocator and kernels
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn(probs, image).backward()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((after - before) / 1024.0)  # ru_maxrss is in KiB on Linux
+    queue.put(crf_peak_memory_mib(gated_crf_loss if kind == "offset_loop" else _unfold_gated_crf, probs, image))
 
 
-def crf_peak_memory_mib(kind, batch, size, classes, channels) -> float:
+def crf_peak_memory_in_child(kind: str, batch: int, size: int, classes: int, channels: int) -> float | None:
+    """Run :func:`crf_peak_memory_mib` in a fresh process, so no freed heap of earlier work hides allocations."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_crf_memory_child, args=(kind, batch, size, classes, channels, queue))
     proc.start()
-    value = queue.get(timeout=600)
-    proc.join(timeout=60)
-    return float(value)
+    try:
+        return queue.get(timeout=600)
+    finally:
+        proc.join(timeout=60)
 
 
 def run(size: int, batch: int, repeats: int, threads: int, channels: int, classes: int, sites: int) -> dict:
@@ -165,8 +181,8 @@ def run(size: int, batch: int, repeats: int, threads: int, channels: int, classe
     filt = _timed(filters_fb, repeats)
     crf_unfold = _timed(lambda: _unfold_gated_crf(torch.softmax(logits, 1), image).backward(), repeats)
 
-    mem_ours = crf_peak_memory_mib("offset_loop", batch, size, classes, channels)
-    mem_unfold = crf_peak_memory_mib("unfold", batch, size, classes, channels)
+    mem_ours = crf_peak_memory_in_child("offset_loop", batch, size, classes, channels)
+    mem_unfold = crf_peak_memory_in_child("unfold", batch, size, classes, channels)
 
     result = {
         "config": {
@@ -188,6 +204,10 @@ def run(size: int, batch: int, repeats: int, threads: int, channels: int, classe
     return result
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def markdown(result: dict) -> str:
     s, r, m, c = result["seconds"], result["ratios"], result["gated_crf_peak_extra_mib"], result["config"]
     rows = [
@@ -204,8 +224,8 @@ def markdown(result: dict) -> str:
         f"| gated CRF fwd+bwd (s) | {s['gated_crf_fwd_bwd']:.3f} |",
         f"| gated CRF, unfold formulation (s) | {s['gated_crf_unfold_reference_fwd_bwd']:.3f} |",
         f"| gated CRF / rest of step (goal <= {r['crf_goal']}) | {r['crf_vs_rest']:.3f} |",
-        f"| gated CRF peak extra memory, ours (MiB) | {m['offset_loop']:.1f} |",
-        f"| gated CRF peak extra memory, unfold (MiB) | {m['unfold_reference']:.1f} |",
+        f"| gated CRF peak extra memory, ours (MiB) | {_fmt(m['offset_loop'])} |",
+        f"| gated CRF peak extra memory, unfold (MiB) | {_fmt(m['unfold_reference'])} |",
     ]
     return "\n".join(rows)
 
