@@ -128,12 +128,14 @@ def ghosting(img: torch.Tensor, intensity: float, num_ghosts: int, axis: int, re
         raise ValueError(f"num_ghosts must be an int >= 2, got {num_ghosts!r}")
     if axis not in (0, 1):
         raise ValueError(f"axis must be 0 (H) or 1 (W), got {axis!r}")
+    if not 0.0 <= restore <= 1.0:
+        raise ValueError(f"restore must be in [0, 1], got {restore!r}")
     spectrum = _centred_spectrum(img)
     size = img.shape[1 + axis]
     factors = torch.ones(size)
     factors[::num_ghosts] = 1.0 - intensity
-    centre, half = size // 2, int(restore * size / 2)
-    factors[centre - half: centre + half + 1] = 1.0
+    if restore > 0:  # keep the central restore x size lines (the image contrast)
+        factors[(torch.arange(size) - size // 2).abs() <= restore * size / 2] = 1.0
     shape = [1] * img.ndim
     shape[1 + axis] = size
     return _image_from_spectrum(spectrum * factors.reshape(shape)).real
