@@ -197,14 +197,14 @@ def mask_latent_code(
     if scheme not in valid:
         raise ValueError(f"scheme must be one of {valid}, got {scheme!r}")
     _check_fraction(max_fraction, "max_fraction")
+    if scheme != "dropout" and (decoder is None or loss_fn is None):
+        raise ValueError(f"scheme {scheme!r} may be targeted and needs decoder and loss_fn, got None")
     if scheme == "random":
         scheme = MASK_SCHEMES[int(torch.randint(len(MASK_SCHEMES), (1,), generator=generator))]
     code = z.detach()
     if scheme == "dropout":
         masked, mask = random_channel_dropout(code, dropout_p, generator)
         return masked, mask, scheme
-    if decoder is None or loss_fn is None:
-        raise ValueError(f"scheme {scheme!r} is targeted and needs decoder and loss_fn, got None")
     grad = latent_code_gradient(code, decoder, loss_fn)
     fraction = float(torch.rand((), generator=generator)) * max_fraction
     masking = targeted_channel_mask if scheme == "channel" else targeted_spatial_mask

@@ -133,6 +133,8 @@ def test_bad_inputs():
         mask_latent_code(z, "cutout")
     with pytest.raises(ValueError, match="needs decoder and loss_fn"):
         mask_latent_code(z, "spatial")
+    with pytest.raises(ValueError, match="'random' may be targeted and needs decoder and loss_fn"):
+        mask_latent_code(z, "random")
     with pytest.raises(ValueError, match=r"z must be \(B, C, h, w\), got shape \(4, 2, 2\)"):
         random_channel_dropout(z[0])
     with pytest.raises(TypeError, match="floating-point tensor, got dtype torch.int64"):
