@@ -105,7 +105,7 @@ class PocDeployment:
     site_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     fed_learn_port: int = 0
     admin_port: int = 0
-    stop_timeout: float = 30.0
+    stop_timeout: float = 20.0
     verbose: bool = True
 
     def __post_init__(self) -> None:
@@ -285,7 +285,7 @@ class PocDeployment:
             if not str(job.get("status", "")).startswith(TERMINAL_PREFIX):
                 with contextlib.suppress(Exception):
                     session.abort_job(job["job_id"])
-        session.shutdown("all", wait=True, timeout=self.stop_timeout)
+        session.shutdown("all", wait=False)
         deadline = time.monotonic() + self.stop_timeout
         while time.monotonic() < deadline and any(p.poll() is None for p in self.processes.values()):
             time.sleep(0.5)
