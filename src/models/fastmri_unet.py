@@ -65,7 +65,12 @@ class FastMRIUNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int = 1, out_channels: int = 1, channels: int = 32, num_pools: int = 4, drop_prob: float = 0.0
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        channels: int = 32,
+        num_pools: int = 4,
+        drop_prob: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("channels", channels)):
@@ -145,7 +150,9 @@ def encoder_decoder_keys(model: nn.Module) -> tuple[list[str], list[str]]:
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"state_dict keys outside encoder {ENCODER_PREFIXES} and decoder {DECODER_PREFIXES}: {unknown!r}")
+        raise ValueError(
+            f"state_dict keys outside encoder {ENCODER_PREFIXES} and decoder {DECODER_PREFIXES}: {unknown!r}"
+        )
     if not encoder or not decoder:
         raise ValueError(f"encoder and decoder key sets must both be non-empty, got {len(encoder)} and {len(decoder)}")
     return encoder, decoder

@@ -95,7 +95,8 @@ def _check_mask(mask: Tensor, kspace: Tensor) -> None:
     _check_tensor("mask", mask, complex_ok=False)
     if tuple(mask.shape[-2:]) != tuple(kspace.shape[-2:]):
         raise ValueError(
-            f"mask spatial shape {tuple(mask.shape[-2:])} does not match kspace spatial shape {tuple(kspace.shape[-2:])}"
+            f"mask spatial shape {tuple(mask.shape[-2:])} does not match "
+            f"kspace spatial shape {tuple(kspace.shape[-2:])}"
         )
     bad = (mask != 0) & (mask != 1)
     if bad.any():
