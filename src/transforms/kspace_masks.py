@@ -9,7 +9,7 @@ in fastMRI):
 
 - ``"equispaced"``: MONAI's :class:`EquispacedKspaceMask` (fastMRI's rule: ``round(W * center_fraction)`` centre
   columns plus equispaced columns at the adjusted rate). Its grid can fall on centre columns, so the measured
-  acceleration differs from the request by up to ~2.5 % (measured 2.2 % at W = 240, 5x).
+  acceleration differs from the request by up to ~5.3 % (worst measured: W = 160; 2.6 % at W = 240 and 320).
 - ``"random"`` (1-D Cartesian random): the same centre columns, then exactly ``round(W / acceleration) - n_centre``
   further columns drawn uniformly without replacement. MONAI's :class:`RandomKspaceMask` draws each column with a
   Bernoulli probability instead; for one mask that is fixed for a whole federation, its count's spread (std ~6
@@ -23,11 +23,13 @@ in fastMRI):
 - ``"random2d"``: the same centred block plus exactly ``round(H * W / acceleration) - block`` further points drawn
   uniformly without replacement (uniform density: the reference's density is unknown).
 
-Tolerances, checked by the tests: measured acceleration ``H*W / sum(mask)`` within :data:`ACCELERATION_RTOL`
-(3 %) of the request for every type and size >= 64; measured centre fraction (see :func:`measure_center_fraction`)
-at least ``round(N * center_fraction) / N`` and at most :data:`CENTER_FRACTION_ATOL` (0.02) above it for 1-D masks
-and ``random2d`` (a sampled line or point adjacent to the block extends the fully sampled run), and at least the
-request for ``radial``. Square shapes are assumed for the 2-D centre measure.
+Tolerances, checked by the tests for sizes 96-320 and accelerations 3x-8x: measured acceleration
+``H*W / sum(mask)`` within :data:`ACCELERATION_RTOL` of the request: equispaced 6 % (MONAI's grid, above), 1-D
+random 2 % (integer column count), radial 3.5 % (one spoke is ~N points), random2d 0.5 %. Measured centre fraction
+(see :func:`measure_center_fraction`): at least ``round(N * center_fraction) / N`` and at most
+:data:`CENTER_FRACTION_ATOL` (0.02) above it for 1-D masks and ``random2d`` (a sampled line or point adjacent to the
+block extends the fully sampled run), and at least the request for ``radial``. Square shapes are assumed for the
+2-D centre measure.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ __all__ = [
 ]
 
 MASK_TYPES = ("equispaced", "random", "radial", "random2d")
-ACCELERATION_RTOL = 0.03
+ACCELERATION_RTOL = {"equispaced": 0.06, "random": 0.02, "radial": 0.035, "random2d": 0.005}
 CENTER_FRACTION_ATOL = 0.02
 
 
