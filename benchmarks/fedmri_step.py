@@ -10,9 +10,10 @@ Measures, at the paper's size (320x320, batch 8, fastMRI U-Net 32 channels / 4 p
 - communication per client and round: bytes of the encoder upload and of the download for FedAvg-of-encoders,
   the exact FedMRI form (global + N snapshots) and the linear variant (global + int8 sign counts + a scalar).
 
-Every time is the median of ``--repeats`` runs after one warm-up; ratios are taken within the same run, so they are
-comparable across machines even where absolute seconds are not. Results go to ``--out`` (JSON) and stdout
-(markdown). ``--quick`` runs a tiny configuration as a smoke test.
+Every time is the median of ``--repeats`` runs after one warm-up, the measurements interleaved round-robin; each
+ratio is the median over repeats of the same-repeat ratio, so load drift on a shared machine cancels as far as
+possible and ratios are comparable across machines even where absolute seconds are not. Results go to ``--out``
+(JSON) and stdout (markdown). ``--quick`` runs a tiny configuration as a smoke test.
 
 Usage::
 
@@ -63,14 +64,21 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _median_seconds(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up (allocator, oneDNN kernels)
-    times = []
+def _interleaved_seconds(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """Time every function ``repeats`` times, round-robin, after one warm-up each.
+
+    Interleaving makes each repeat's measurements see the same machine load, so the per-repeat ratios stay
+    meaningful on a shared machine even when absolute times drift.
+    """
+    for fn in fns.values():
+        fn()  # warm-up (allocator, oneDNN kernels)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def _perturbed(state: dict[str, torch.Tensor], scale: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -118,13 +126,21 @@ def run(args: argparse.Namespace) -> dict:
         loss.backward()
         optimizer.step()
 
-    seconds = {
-        "unet_step": _median_seconds(unet_step, args.repeats),
-        "regulariser_all": _median_seconds(regulariser_all, args.repeats),
-        "regulariser_linear": _median_seconds(regulariser_linear, args.repeats),
-        "server_summary": _median_seconds(server_summary, args.repeats),
-        "fedmri_step": _median_seconds(fedmri_step, args.repeats),
-    }
+    times = _interleaved_seconds(
+        {
+            "unet_step": unet_step,
+            "regulariser_all": regulariser_all,
+            "regulariser_linear": regulariser_linear,
+            "server_summary": server_summary,
+            "fedmri_step": fedmri_step,
+        },
+        args.repeats,
+    )
+    seconds = {name: statistics.median(values) for name, values in times.items()}
+
+    def paired_ratio(name: str) -> float:  # median over repeats of the same-repeat ratio to the U-Net step
+        return statistics.median(t / u for t, u in zip(times[name], times["unet_step"]))
+
     state = model.state_dict()
     encoder_bytes = sum(state[k].numel() * state[k].element_size() for k in encoder_keys)
     total_bytes = sum(v.numel() * v.element_size() for v in state.values())
@@ -142,10 +158,12 @@ def run(args: argparse.Namespace) -> dict:
             "encoder": sum(state[k].numel() for k in encoder_keys),
         },
         "seconds": seconds,
+        "seconds_per_repeat": times,
         "ratios": {
-            "regulariser_all_vs_unet_step": seconds["regulariser_all"] / seconds["unet_step"],
-            "regulariser_linear_vs_unet_step": seconds["regulariser_linear"] / seconds["unet_step"],
-            "fedmri_step_vs_unet_step": seconds["fedmri_step"] / seconds["unet_step"],
+            "regulariser_all_vs_unet_step": paired_ratio("regulariser_all"),
+            "regulariser_linear_vs_unet_step": paired_ratio("regulariser_linear"),
+            "server_summary_vs_unet_step": paired_ratio("server_summary"),
+            "fedmri_step_vs_unet_step": paired_ratio("fedmri_step"),
         },
         "communication_bytes_per_client_round": {
             "upload_encoder": encoder_bytes,
@@ -165,7 +183,8 @@ def markdown_table(result: dict) -> str:
     mib = 1024**2
     lines = [
         f"FedMRI step, {cfg['size']}x{cfg['size']}, batch {cfg['batch']}, {cfg['channels']} channels, "
-        f"{cfg['sites']} sites, {result['environment']['threads']} thread(s), median of {cfg['repeats']}",
+        f"{cfg['sites']} sites, {result['environment']['threads']} thread(s), median of {cfg['repeats']} interleaved "
+        "repeats; ratios are medians of same-repeat ratios",
         "",
         "| measurement | seconds | ratio to U-Net step |",
         "|---|---:|---:|",
@@ -175,7 +194,7 @@ def markdown_table(result: dict) -> str:
         f"| L_con forward+backward, linear variant | {s['regulariser_linear']:.4f} "
         f"| {r['regulariser_linear_vs_unet_step']:.4f} |",
         f"| server: summarize_negatives (linear variant, per round) | {s['server_summary']:.4f} "
-        f"| {s['server_summary'] / s['unet_step']:.4f} |",
+        f"| {r['server_summary_vs_unet_step']:.4f} |",
         f"| full FedMRI step (MSE + 100 L_con) | {s['fedmri_step']:.4f} | {r['fedmri_step_vs_unet_step']:.4f} |",
         "",
         "| payload per client and round | MiB |",

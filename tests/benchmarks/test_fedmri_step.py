@@ -24,8 +24,9 @@ def test_quick_run_writes_json_and_table(tmp_path, capsys):
     assert saved["seconds"] == result["seconds"]
     assert all(v > 0 for v in saved["seconds"].values())
     ratios = saved["ratios"]
+    per_repeat = saved["seconds_per_repeat"]
     assert ratios["fedmri_step_vs_unet_step"] == pytest.approx(
-        saved["seconds"]["fedmri_step"] / saved["seconds"]["unet_step"]
+        per_repeat["fedmri_step"][0] / per_repeat["unet_step"][0]  # one repeat in --quick
     )
     comm = saved["communication_bytes_per_client_round"]
     assert comm["download_fedmri_all"] == 5 * comm["upload_encoder"]
