@@ -17,7 +17,7 @@ class ProstateConfig(LearnerConfig):
     data_root: str = "data/prostate"
     datalist_dir: str = "datalists/msd_prostate"
     batch_size: int = 2
-    lr: float = 1e-3
+    lr: float = 3e-3  # Adam; 1e-3 needs about twice the epochs on the synthetic set, 1e-2 is less stable
     local_epochs: int = 5
     spacing: tuple[float, float, float] = (1.5, 1.5, 3.0)
     roi_size: tuple[int, int, int] = (64, 64, 16)

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.slow
 def test_quick_benchmark_writes_json(tmp_path):
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "fedicra_step.py"
     out = tmp_path / "fedicra_step.json"

@@ -42,7 +42,6 @@ def test_bad_flag_is_rejected():
 VARIANTS_SCRIPT = SCRIPT.parent / "fedmri_variants.py"
 
 
-@pytest.mark.slow
 def test_variants_quick_run_orders_downloads(tmp_path):
     spec = importlib.util.spec_from_file_location("fedmri_variants", VARIANTS_SCRIPT)
     module = importlib.util.module_from_spec(spec)

@@ -4,7 +4,7 @@ One deployment serves every test here (module fixture): the server, site-1 and s
 an impostor ``site-3`` whose startup kit comes from a second provisioning (another root CA) of the same project and
 ports. The job is built with a data root and datalist folder that do not exist: the sites only find their data
 through ``FL_DATA_ROOT`` / ``FL_DATALIST`` in their own environment, as a hospital would set them.
-Takes about 2-3 minutes on 2 cores (marked slow and poc): ``pytest -m poc``.
+Takes about 2-3 minutes on 2 cores; part of the default suite (CI), or alone: ``pytest -m poc``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from deploy.poc import PocDeployment, port_in_use
 
-pytestmark = [pytest.mark.slow, pytest.mark.poc, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.poc, pytest.mark.timeout(900)]
 SITES = ["site-1", "site-2"]
 
 

@@ -1,6 +1,6 @@
 """Execute every tutorial notebook headlessly (nbclient) with its tiny default parameters; any error fails.
 
-Each runs a simulator job (1-3 minutes on 2 cores), hence slow. Outputs go to a temporary folder
+Each runs a simulator job (1-3 minutes on 2 cores), part of the default suite (CI). Outputs go to a temporary folder
 (``FL_NOTEBOOK_WORK``); the stored notebooks must stay without outputs.
 """
 
@@ -24,7 +24,6 @@ def test_notebook_is_stored_without_outputs(path):
     assert any("parameters" in c.metadata.get("tags", []) for c in code)
 
 
-@pytest.mark.slow
 @pytest.mark.notebook
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
