@@ -13,7 +13,7 @@ import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,10 @@ from monai.utils import set_determinism
 from src.config.base import LearnerConfig
 from src.data.datalist import load_site_datalist
 
-__all__ = ["FederatedLearner", "RoundResult", "pick_device"]
+__all__ = ["FederatedLearner", "RoundResult", "pick_device", "TRAIN_SAMPLES_KEY"]
+
+#: meta key of a training result: training samples this round saw once (the FedAvg weight n_k)
+TRAIN_SAMPLES_KEY = "NUM_TRAIN_SAMPLES"
 
 
 def pick_device() -> torch.device:
@@ -48,6 +51,8 @@ class RoundResult:
     params: dict[str, torch.Tensor]
     num_steps: int
     metrics: dict[str, float]
+    #: extra FLModel meta sent with the params (e.g. :data:`TRAIN_SAMPLES_KEY`)
+    meta: dict = field(default_factory=dict)
 
 
 class FederatedLearner(ABC):
@@ -204,7 +209,8 @@ class FederatedLearner(ABC):
             "train_seconds": time.perf_counter() - start,
         }
         self.save("last")
-        return RoundResult(self.shared_state(), steps, metrics)
+        meta = {TRAIN_SAMPLES_KEY: len(self.train_loader.dataset)}
+        return RoundResult(self.shared_state(), steps, metrics, meta)
 
     def evaluate(self, params: Mapping | None = None, split: str = "validation") -> dict[str, float]:
         """Score ``params`` (default: the current model) on ``split``; the model is restored afterwards."""

@@ -83,7 +83,8 @@ def run(staged: dict) -> None:
         metrics_log.log({**global_metrics, **local_metrics, **result.metrics}, step)
         print(f"{site} round {round_number}: {_fmt(global_metrics)} (global) {_fmt(result.metrics)}", flush=True)
         # the global model's validation score is what the server's model selection compares
-        flare.send(FLModel(params=result.params, metrics=global_metrics, meta={NUM_STEPS_KEY: result.num_steps}))
+        meta = {NUM_STEPS_KEY: result.num_steps, **result.meta}
+        flare.send(FLModel(params=result.params, metrics=global_metrics, meta=meta))
 
 
 def _fmt(metrics: dict[str, float]) -> str:
