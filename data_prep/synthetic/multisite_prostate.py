@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from data_prep.common import atomic_dir, progress
+from data_prep.multisite_prostate import REFERENCE_SPLITS
 
 __all__ = ["SITES", "SiteProfile", "PROFILES", "synth_volume", "generate", "raw_file_names"]
 
@@ -28,12 +29,7 @@ SITES = ("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL")
 
 #: the real collection's case ids per site (sorted); synthetic sites use the first ``n_cases`` of them
 REAL_CASE_IDS = {
-    "BIDMC": [f"Case{i:02d}" for i in range(12)],
-    "HK": [f"Case{i:02d}" for i in range(38, 50)],
-    "I2CVB": [f"Case{i:02d}" for i in range(19)],
-    "ISBI": [f"Case{i:02d}" for i in range(30)],
-    "ISBI_1.5": [f"Case{i:02d}" for i in range(30)],
-    "UCL": ["Case01"] + [f"Case{i:02d}" for i in range(26, 38)],
+    site: sorted(f"Case{i:02d}" for part in parts for i in part) for site, parts in REFERENCE_SPLITS.items()
 }
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from src.iopfl.routed_conv import routing_parameters
 
 __all__ = [
-    "TestTimeConfig",
+    "RoutingConfig",
     "entropy_loss",
     "consistency_loss",
     "shape_loss",
@@ -45,7 +45,7 @@ __all__ = [
 
 
 @dataclass
-class TestTimeConfig:
+class RoutingConfig:
     """Test-time routing settings (defaults: the reference's)."""
 
     passes: int = 10
@@ -109,7 +109,7 @@ def shape_loss(probs: torch.Tensor, kernel: int = 21, scale: float = 1e-6) -> to
     return torch.linalg.vector_norm(scale * spread)
 
 
-def routing_loss(model: nn.Module, x: torch.Tensor, cfg: TestTimeConfig, generator: torch.Generator):
+def routing_loss(model: nn.Module, x: torch.Tensor, cfg: RoutingConfig, generator: torch.Generator):
     """(total loss, {part: value}) of one target batch ``x`` (B, C, H, W)."""
     logits = model(x)
     probs = torch.softmax(logits, dim=1)
@@ -119,7 +119,7 @@ def routing_loss(model: nn.Module, x: torch.Tensor, cfg: TestTimeConfig, generat
         "shape": shape_loss(probs, cfg.shape_kernel),
     }
     total = cfg.w_entropy * parts["entropy"] + cfg.w_consistency * parts["consistency"] + cfg.w_shape * parts["shape"]
-    return total, {k: float(v) for k, v in parts.items()}
+    return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
 def use_batch_statistics(model: nn.Module) -> nn.Module:
@@ -139,7 +139,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, train_mode:
 
 
 def run_test_time_routing(
-    model: nn.Module, images: torch.Tensor, cfg: TestTimeConfig, log=None
+    model: nn.Module, images: torch.Tensor, cfg: RoutingConfig, log=None
 ) -> list[torch.Tensor]:
     """Adapt ``model`` (a routing model, changed in place) online on ``images`` (N, C, H, W).
 
