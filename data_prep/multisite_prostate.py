@@ -36,6 +36,7 @@ from data_prep.common import (
     split_by_fractions,
     write_site_datalist,
 )
+from src.data.slices import check_slice_pair
 
 DATASET = "multisite_prostate"
 RAW_SITES = ("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL")
@@ -222,15 +223,6 @@ def validate(data_root: str | Path, datalist_dir: str | Path = f"datalists/{DATA
                 n += 1
         print(f"  {path.name}: ok", flush=True)
     return n
-
-
-def check_slice_pair(image_path: str | Path, label_path: str | Path) -> None:
-    image, label = np.load(image_path), np.load(label_path)
-    if image.ndim != 3 or image.shape[0] != 3 or image.dtype != np.float32:
-        raise DataValidationError(f"image: {str(image_path)!r} is {image.dtype}{image.shape}, expected float32 (3,H,W)")
-    if label.shape != (1, *image.shape[1:]):
-        raise DataValidationError(f"label: {str(label_path)!r} shape {label.shape} does not match image {image.shape}")
-    check_label_values(label, (0, 1), label_path)
 
 
 def main(argv=None) -> int:

@@ -25,6 +25,7 @@ class IOPFLConfig(LearnerConfig):
         fedprox_mu: FedProx proximal coefficient.
         export_personalised: this site agrees to send its personalised model to the server for routing on an
             unseen site (opt-in; the personalised model reveals more about the site than the global one).
+        tta_passes, tta_batch_size: test-time routing on a held-out site (reference: 10 passes, batch 5).
     """
 
     data_root: str = "data/multisite_prostate"
@@ -37,6 +38,8 @@ class IOPFLConfig(LearnerConfig):
     alpha: float = 0.1
     fedprox_mu: float = 0.01
     export_personalised: bool = False
+    tta_passes: int = 10
+    tta_batch_size: int = 5
 
     def __post_init__(self) -> None:
         super().__post_init__()

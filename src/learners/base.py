@@ -27,11 +27,10 @@ from monai.utils import set_determinism
 
 from src.config.base import LearnerConfig
 from src.data.datalist import load_site_datalist
+from src.learners.protocol import PHASE_KEY, TRAIN_SAMPLES_KEY
 
-__all__ = ["FederatedLearner", "RoundResult", "pick_device", "TRAIN_SAMPLES_KEY"]
+__all__ = ["FederatedLearner", "RoundResult", "pick_device", "TRAIN_SAMPLES_KEY", "PHASE_KEY"]
 
-#: meta key of a training result: training samples this round saw once (the FedAvg weight n_k)
-TRAIN_SAMPLES_KEY = "NUM_TRAIN_SAMPLES"
 
 
 def pick_device() -> torch.device:
@@ -126,6 +125,10 @@ class FederatedLearner(ABC):
     def shared_keys(self) -> list[str]:
         """state_dict keys that leave the site; personalised learners return a strict subset."""
         return list(self.model.state_dict())
+
+    def run_phase(self, phase: str, params: Mapping, meta: Mapping) -> tuple[dict, dict[str, float]]:
+        """Answer a controller's non-training request (meta[:data:`PHASE_KEY`]); returns (params, metrics)."""
+        raise ValueError(f"{self.site}: {type(self).__name__} does not handle task phase {phase!r}")
 
     # ---- engines ---------------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:

@@ -13,6 +13,8 @@ import logging
 import traceback
 from pathlib import Path
 
+from src.learners.protocol import PHASE_KEY
+
 STAGED_CONFIG = "learner_config.json"
 NUM_STEPS_KEY = "NUM_STEPS_CURRENT_ROUND"
 
@@ -73,6 +75,12 @@ def run(staged: dict) -> None:
             continue
         if flare.is_evaluate():
             flare.send(FLModel(metrics=learner.evaluate(received.params, split=learner.config.eval_split)))
+            continue
+        phase = (received.meta or {}).get(PHASE_KEY)
+        if phase:  # a controller's extra request riding on the train task (e.g. IOP-FL's export / routing)
+            params, metrics = learner.run_phase(phase, received.params or {}, received.meta)
+            metrics_log.log({f"{phase}/{k}": v for k, v in metrics.items()}, received.current_round or 0)
+            flare.send(FLModel(params=params, metrics=metrics, meta={"site": site}))
             continue
         round_number = received.current_round or 0
         global_metrics = learner.evaluate(received.params, split="validation")

@@ -9,6 +9,7 @@ only through :meth:`export_personalised`, which refuses unless the site opted in
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 
@@ -16,6 +17,9 @@ import torch
 
 from src.iopfl.personalise import personalised_update
 from src.learners.prostate2d import Prostate2DLearner
+
+EXPORT_PHASE = "export_personalised"
+ROUTE_PHASE = "route"
 
 __all__ = ["IOPFLLearner"]
 
@@ -61,3 +65,31 @@ class IOPFLLearner(Prostate2DLearner):
             )
         log.warning(f"{self.site}: exporting the personalised model (opt-in; more site-revealing than the global)")
         return self.best_personal_state()
+
+    def run_phase(self, phase: str, params: Mapping, meta: Mapping) -> tuple[dict, dict[str, float]]:
+        """``export_personalised``: the best personalised model (empty if this site did not opt in);
+        ``route``: test-time routing over the received experts on this (held-out) site's whole stream."""
+        if phase == EXPORT_PHASE:
+            if not self.config.export_personalised:
+                log.warning(f"{self.site}: personalised-model export requested but not enabled here; refused")
+                return {}, {"export_refused": 1.0}
+            return self.export_personalised(), {}
+        if phase == ROUTE_PHASE:
+            return {}, self.route_on_own_stream(params)
+        return super().run_phase(phase, params, meta)
+
+    def route_on_own_stream(self, packed: Mapping) -> dict[str, float]:
+        """Outside personalisation on this site: every slice of every split as one unlabelled stream."""
+        from src.iopfl.controller import unpack_experts
+        from src.iopfl.outside import evaluate_outside
+        from src.iopfl.test_time import RoutingConfig
+
+        experts, global_state = unpack_experts(packed)
+        as_tensors = [{k: torch.as_tensor(v) for k, v in e.items()} for e in [*experts, global_state]]
+        items = [it for split in ("training", "validation", "testing") for it in self.datalist.get(split, [])]
+        cfg = RoutingConfig(passes=self.config.tta_passes, batch_size=self.config.tta_batch_size,
+                            seed=self.config.seed)
+        scores = evaluate_outside(self.build_model(), as_tensors[-1], as_tensors[:-1], items, cfg)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / f"{self.site}_outside.json").write_text(json.dumps(scores, indent=2))
+        return {f"{method}_{k}": v for method, m in scores.items() for k, v in m.items()}

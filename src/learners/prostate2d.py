@@ -22,6 +22,7 @@ from monai.transforms import Compose, EnsureTyped, LoadImaged
 from torch import nn
 
 from src.config.iopfl import IOPFLConfig
+from src.data.slices import check_slice_pair
 from src.data.validation import DataValidationError
 from src.learners.base import FederatedLearner
 from src.metrics.slice_volume import score_slices
@@ -76,8 +77,6 @@ class Prostate2DLearner(FederatedLearner):
                     if key not in item:
                         raise DataValidationError(f"{self.site}: {split}[{i}] has no {key!r} field")
             if items:  # spot-check the first pair of each split; the converter validated them all
-                from data_prep.multisite_prostate import check_slice_pair
-
                 check_slice_pair(items[0]["image"], items[0]["label"])
 
     def build_model(self) -> nn.Module:
