@@ -55,7 +55,7 @@ def build_recipe(args):
     from src.iopfl.controller import IOPFLRecipe
     from src.learners.iopfl import IOPFLLearner
     from src.learners.prostate2d import Prostate2DLearner
-    from src.models.unet2d import UNet2D
+    from src.models.unet2d import UNet2D, norm_keys
 
     config = IOPFLConfig(
         **common_config(args), algorithm=args.algorithm, features=tuple(args.features), alpha=args.alpha,
@@ -64,11 +64,18 @@ def build_recipe(args):
     )
     learner = IOPFLLearner if args.algorithm == "iopfl" else Prostate2DLearner
     train_sites = [s for s in args.sites if s != args.ood_test]
-    return build_fedavg_recipe(
-        args, UNet2D(features=config.features), learner, config, recipe_class=IOPFLRecipe,
+    model = UNet2D(features=config.features)
+    recipe = build_fedavg_recipe(
+        args, model, learner, config, recipe_class=IOPFLRecipe,
         aggregator=WeightedFedAvgAggregator(), train_sites=train_sites, ood_site=args.ood_test,
         export_personalised=args.export_personalised,
     )
+    if args.algorithm == "fedbn":
+        from nvflare.app_common.filters.exclude_vars import ExcludeVars
+
+        # second line of defence: the learner already leaves the BatchNorm keys out of every payload
+        recipe.add_client_output_filter(ExcludeVars(exclude_vars=norm_keys(model)), tasks=["train", "submit_model"])
+    return recipe
 
 
 def main(argv=None) -> int:

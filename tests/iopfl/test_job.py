@@ -37,6 +37,19 @@ def test_export_wires_controller_aggregator_and_held_out_site(tiny_prostate, tmp
     assert (out / "app" / "custom" / "src" / "iopfl" / "routed_conv.py").is_file()
 
 
+def test_fedbn_export_filters_norm_keys_out_of_every_result(tiny_prostate, tmp_path):
+    from src.models.unet2d import UNet2D, norm_keys
+
+    out = tmp_path / "job"
+    assert _job().main(_args(tiny_prostate, "--env", "export", "--export-dir", str(out), "--algorithm", "fedbn")) == 0
+    client = json.loads((out / "app" / "config" / "config_fed_client.json").read_text())
+    filters = [f for chain in client.get("task_result_filters", []) for f in chain["filters"]
+               if f["path"].endswith("ExcludeVars")]
+    assert filters, "no outgoing ExcludeVars filter on the clients"
+    expected = norm_keys(UNet2D(features=(4, 8, 16)))
+    assert expected and filters[0]["args"]["exclude_vars"] == expected
+
+
 def test_job_option_rules(tiny_prostate):
     job = _job()
     with pytest.raises(SystemExit):
