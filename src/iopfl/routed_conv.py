@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Router", "RoutedConv2d", "build_routing_model", "routing_parameters"]
+__all__ = ["Router", "RoutedConv2d", "build_routing_model", "routing_parameters", "use_batch_statistics"]
 
 
 class Router(nn.Module):
@@ -141,9 +141,7 @@ def build_routing_model(
             routed = RoutedConv2d.from_experts(layer, [e[f"{name}.weight"] for e in experts], biases, dropout)
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, routed)
-        elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
-            layer.track_running_stats = False
-            layer.running_mean, layer.running_var, layer.num_batches_tracked = None, None, None
+    use_batch_statistics(model)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in routing_parameters(model):
@@ -155,7 +153,17 @@ def routing_parameters(model: nn.Module) -> list[nn.Parameter]:
     """What test-time routing trains: every router and every BatchNorm affine parameter."""
     params = []
     for module in model.modules():
-        if isinstance(module, Router) or (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine):
-            params += list(module.parameters(recurse=False)) if not isinstance(module, Router) else list(
-                module.parameters())
+        if isinstance(module, Router):
+            params += list(module.parameters())
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            params += [module.weight, module.bias]
     return params
+
+
+def use_batch_statistics(model: nn.Module) -> nn.Module:
+    """BatchNorm layers normalise with each batch's statistics (running stats dropped), in train and eval mode."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean, m.running_var, m.num_batches_tracked = None, None, None
+    return model

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.iopfl.routed_conv import routing_parameters
+from src.iopfl.routed_conv import routing_parameters, use_batch_statistics
 
 __all__ = [
     "RoutingConfig",
@@ -120,15 +120,6 @@ def routing_loss(model: nn.Module, x: torch.Tensor, cfg: RoutingConfig, generato
     }
     total = cfg.w_entropy * parts["entropy"] + cfg.w_consistency * parts["consistency"] + cfg.w_shape * parts["shape"]
     return total, {k: float(v.detach()) for k, v in parts.items()}
-
-
-def use_batch_statistics(model: nn.Module) -> nn.Module:
-    """BatchNorm layers normalise with each batch's statistics (running stats dropped), in train and eval mode."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.track_running_stats = False
-            m.running_mean, m.running_var, m.num_batches_tracked = None, None, None
-    return model
 
 
 @torch.no_grad()
