@@ -121,7 +121,7 @@ def write_site_datalist(
     for split, items in splits.items():
         for i, item in enumerate(items):
             for field, value in item.items():
-                if field in ("image", "label") or field.endswith("_path"):
+                if isinstance(value, str) and (field in ("image", "label") or field.endswith("_path")):
                     full = check_inside_root(value, data_root, f"{split}[{i}].{field}")
                     if not full.exists():
                         raise DataValidationError(f"{split}[{i}].{field}: {str(full)!r} does not exist")

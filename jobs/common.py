@@ -52,6 +52,9 @@ def job_parser(description: str, *, name: str, n_clients: int, num_rounds: int, 
     p.add_argument("--name", default=name, help="job name (also the result folder's name)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per site; 0 shares the CPU cores among sites")
     p.add_argument("--no-cross-site-eval", action="store_true", help="skip cross-site evaluation at the end")
+    p.add_argument("--site-env", action="append", default=[], metavar="SITE:VAR=VALUE",
+                   help="--env poc: environment of one site's client, e.g. site-1:FL_DATA_ROOT=/data/a (repeatable)")
+    p.add_argument("--poc-timeout", type=float, default=3600.0, help="--env poc: seconds the job may run")
     return p
 
 

@@ -83,6 +83,7 @@ def run(staged: dict) -> None:
             flare.send(FLModel(params=params, metrics=metrics, meta={"site": site}))
             continue
         round_number = received.current_round or 0
+        print(f"{site} round {round_number}: training started", flush=True)
         global_metrics = learner.evaluate(received.params, split="validation")
         result = learner.train_round(received.params, round_number)
         local_metrics = {f"{k}_local": v for k, v in learner.evaluate(split="validation").items()}

@@ -14,7 +14,10 @@ __all__ = ["ProstateUNet", "MedNISTDenseNet"]
 
 
 class ProstateUNet(UNet):
-    """MONAI 3-D UNet with residual units for whole-gland prostate segmentation (binary, 2 output channels)."""
+    """MONAI 3-D UNet with residual units for whole-gland prostate segmentation (binary, 2 output channels).
+
+    ``strides`` defaults to a 2x down-sampling between consecutive ``channels`` levels.
+    """
 
     def __init__(
         self,
@@ -22,12 +25,13 @@ class ProstateUNet(UNet):
         in_channels: int = 1,
         out_channels: int = 2,
         channels: Sequence[int] = (16, 32, 64, 128),
-        strides: Sequence[int] = (2, 2, 2),
+        strides: Sequence[int] | None = None,
         num_res_units: int = 2,
         norm: str = "batch",
     ):
         self.spatial_dims, self.in_channels, self.out_channels = spatial_dims, in_channels, out_channels
-        self.channels, self.strides, self.num_res_units, self.norm = list(channels), list(strides), num_res_units, norm
+        strides = [2] * (len(channels) - 1) if strides is None else list(strides)
+        self.channels, self.strides, self.num_res_units, self.norm = list(channels), strides, num_res_units, norm
         super().__init__(
             spatial_dims=spatial_dims,
             in_channels=in_channels,

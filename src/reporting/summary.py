@@ -95,8 +95,11 @@ def plot_learning_curves(rounds: dict, key_metric: str, path: Path) -> Path | No
     return path
 
 
-def report(result: str | Path, key_metric: str, quiet: bool = False) -> dict:
-    """Print the per-site table, the cross-site matrix and the dashboard commands; write summary files."""
+def report(result: str | Path, key_metric: str, quiet: bool = False, publish: bool = True) -> dict:
+    """Print the per-site table, the cross-site matrix and the dashboard commands; write summary files.
+
+    With ``publish`` the table goes to TensorBoard (TEXT tab) and, with the final models, to MLflow as artifacts.
+    """
     server_dir = find_server_dir(result)
     rounds, cross = load_round_metrics(server_dir), load_cross_site(server_dir)
     text = format_tables(rounds, cross, key_metric)
@@ -104,6 +107,8 @@ def report(result: str | Path, key_metric: str, quiet: bool = False) -> dict:
     (server_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (server_dir / "summary.md").write_text(text + "\n")
     plot = plot_learning_curves(rounds, key_metric, server_dir / "learning_curves.png")
+    if publish:
+        _publish(server_dir, text, key_metric, rounds)
     if not quiet:
         print("\n" + text)
         print(f"\nResults: {server_dir}  (summary.md, summary.json, learning_curves.png, global models in app_server/)")
@@ -113,3 +118,14 @@ def report(result: str | Path, key_metric: str, quiet: bool = False) -> dict:
             print(f"MLflow:      .venv/bin/mlflow ui --backend-store-uri sqlite:///{server_dir / 'mlflow.db'}")
     summary["plot"] = str(plot) if plot else None
     return summary
+
+
+def _publish(server_dir: Path, text: str, key_metric: str, rounds: dict) -> None:
+    if (server_dir / "tb_events").exists():
+        from src.reporting.tensorboard_results import publish_table
+
+        publish_table(server_dir, text, step=max((len(v.get(key_metric, [])) for v in rounds.values()), default=1) - 1)
+    if (server_dir / "mlflow.db").exists():
+        from src.reporting.mlflow_results import publish_results
+
+        publish_results(server_dir, key_metric=key_metric)

@@ -1,0 +1,117 @@
+"""Add a finished job's final model and result table to its MLflow store, beside the per-site runs.
+
+NVFlare's MLflow receiver fills one run per site (metrics per round, the configuration as parameters) in the
+experiment ``<job>-experiment`` of ``<server dir>/mlflow.db``. What it cannot log is what exists only after the job:
+the final global model and the per-site / cross-site result table. :func:`publish_results` adds them as artifacts of
+one more run, ``<job>-results``, with the cross-site scores of the global model as metrics.
+
+The receiver stores artifact locations as absolute paths inside the server's job folder; after a POC or production
+result is downloaded (or a workspace moved) they point nowhere. :func:`relocate_artifacts` re-points them at the
+same relative place under the folder the database now lives in (MLflow has no API for moving an experiment, so this
+rewrites the two URI columns of the SQLite store).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+__all__ = ["publish_results", "relocate_artifacts", "tracking_uri", "RESULTS_RUN_SUFFIX"]
+
+RESULTS_RUN_SUFFIX = "-results"
+ARTIFACT_DIR = "artifacts"  # the receiver's default artifact_location, relative to the server's run folder
+MODEL_FILES = ("FL_global_model.pt", "best_FL_global_model.pt")
+TABLE_FILES = ("summary.md", "summary.json", "learning_curves.png", "cross_site_val/cross_val_results.json")
+
+
+def tracking_uri(server_dir: str | Path) -> str:
+    return f"sqlite:///{Path(server_dir).resolve() / 'mlflow.db'}"
+
+
+def relocate_artifacts(server_dir: str | Path) -> int:
+    """Point receiver-made experiments (location ``.../artifacts``) and their runs at ``server_dir/artifacts``.
+
+    Returns the number of rows changed (0 when the store already lives where it was written).
+    """
+    server_dir = Path(server_dir).resolve()
+    db = server_dir / "mlflow.db"
+    if not db.exists():
+        raise FileNotFoundError(f"no MLflow store at {str(db)!r}")
+    new_root = (server_dir / ARTIFACT_DIR).as_uri()
+    changed = 0
+    with sqlite3.connect(db) as con:
+        experiments = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
+        for experiment_id, old_root in experiments:
+            if not (old_root or "").endswith(f"/{ARTIFACT_DIR}") or old_root == new_root:
+                continue  # not made by the receiver (MLflow's Default experiment), or already in place
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                        (new_root, experiment_id))
+            runs = con.execute("SELECT run_uuid, artifact_uri FROM runs WHERE experiment_id = ?", (experiment_id,))
+            for run_id, uri in runs.fetchall():
+                if uri and uri.startswith(old_root + "/"):
+                    con.execute("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?",
+                                (new_root + uri[len(old_root):], run_id))
+                    changed += 1
+            changed += 1
+    (server_dir / ARTIFACT_DIR).mkdir(exist_ok=True)
+    return changed
+
+
+def _job_experiment(client, job_name: str | None):
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    if job_name:
+        experiments = [e for e in experiments if e.name.startswith(job_name)] or experiments
+    if not experiments:
+        raise LookupError("the MLflow store holds no experiment of an NVFlare job (was --tracking mlflow on?)")
+    return experiments[0]
+
+
+def publish_results(server_dir: str | Path, job_name: str | None = None, key_metric: str | None = None) -> str:
+    """Log the final/best global models and the result table as artifacts of a ``<job>-results`` run.
+
+    Args:
+        server_dir: the job's server folder (holds ``mlflow.db``, ``app_server/``, ``summary.md``).
+        job_name: picks the experiment ``<job_name>-experiment``; default: the only NVFlare experiment.
+        key_metric: unused for selection; logged as a tag so the dashboard says which metric ranks models.
+
+    Returns:
+        The id of the results run (an earlier results run of the same job is replaced).
+    """
+    from mlflow.tracking import MlflowClient
+
+    server_dir = Path(server_dir).resolve()
+    relocate_artifacts(server_dir)
+    client = MlflowClient(tracking_uri=tracking_uri(server_dir))
+    experiment = _job_experiment(client, job_name)
+    # MLflow 3's UI opens untyped experiments as GenAI (traces); ours are model training with metric curves
+    client.set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind", "custom_model_development")
+    name = experiment.name.removesuffix("-experiment") + RESULTS_RUN_SUFFIX
+    for old in client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{name}'"):
+        client.delete_run(old.info.run_id)
+    site_runs = client.search_runs([experiment.experiment_id])
+    tags = {"mlflow.runName": name, "role": "results"}
+    if site_runs and "job_id" in site_runs[0].data.tags:
+        tags["job_id"] = site_runs[0].data.tags["job_id"]
+    if key_metric:
+        tags["key_metric"] = key_metric
+    run = client.create_run(experiment.experiment_id, run_name=name, tags=tags)
+    run_id = run.info.run_id
+    if site_runs:  # the configuration is the same at every site
+        for key, value in site_runs[0].data.params.items():
+            client.log_param(run_id, key, value)
+    for model in MODEL_FILES:
+        path = server_dir / "app_server" / model
+        if path.exists():
+            client.log_artifact(run_id, str(path), artifact_path="model")
+    for table in TABLE_FILES:
+        path = server_dir / table
+        if path.exists():
+            client.log_artifact(run_id, str(path), artifact_path="results")
+    cross = server_dir / "cross_site_val" / "cross_val_results.json"
+    if cross.exists():
+        for site, models in json.loads(cross.read_text()).items():
+            for metric, value in models.get("SRV_FL_global_model.pt", {}).items():
+                client.log_metric(run_id, f"{metric}_global_{site}", float(value))
+    client.set_terminated(run_id)
+    return run_id

@@ -1,0 +1,114 @@
+"""Job scripts: --help, export (inspect the generated config), and short simulator runs."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+JOBS = ("prostate_fedavg", "mednist_fedavg")
+COMMON_OPTIONS = ("--env", "--export-dir", "--n-clients", "--sites", "--num-rounds", "--local-epochs", "--tracking",
+                  "--data-root", "--workspace", "--seed")
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_help_lists_the_common_options(job):
+    out = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for option in COMMON_OPTIONS:
+        assert option in out
+
+
+def _export(job, tmp_path, *extra):
+    out = tmp_path / "job"
+    subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--env", "export", "--export-dir", str(out),
+                    "--n-clients", "2", *extra], check=True, capture_output=True, cwd=tmp_path)
+    return out
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_export_is_self_contained_and_fully_equipped(job, tmp_path):
+    out = _export(job, tmp_path)
+    custom = out / "app" / "custom"
+    assert (custom / "jobs" / "fl_client.py").is_file() and (custom / "src" / "learners" / "base.py").is_file()
+    staged = json.loads((custom / "learner_config.json").read_text())
+    assert staged["learner"].startswith("src.learners.") and staged["config"]["n_clients"] == 2
+    client = json.loads((out / "app" / "config" / "config_fed_client.json").read_text())
+    executor = client["executors"][0]["executor"]
+    assert executor["args"]["task_script_path"] == "jobs/fl_client.py"  # relative: found in custom/, not the checkout
+    server_text = (out / "app" / "config" / "config_fed_server.json").read_text()
+    server = json.loads(server_text)
+    assert server["server"]["task_request_interval"] == 0.1
+    paths = [c.get("path", "") for c in server["components"]]
+    assert any(p.endswith("TBAnalyticsReceiver") for p in paths)
+    assert any(p.endswith("MLflowReceiver") for p in paths)
+    assert "CrossSiteModelEval" in server_text
+    assert "/work/" not in json.dumps(executor)  # no path into the developer's checkout
+
+
+def test_tracking_none_adds_no_receivers(tmp_path):
+    server = (_export("prostate_fedavg", tmp_path, "--tracking", "none", "--no-cross-site-eval")
+              / "app" / "config" / "config_fed_server.json").read_text()
+    assert "Receiver" not in server and "CrossSiteModelEval" not in server
+
+
+def _run_prostate(prostate_data, tmp_path, rounds, epochs, n_clients=2):
+    from jobs.common import execute
+    from jobs.prostate_fedavg import build_recipe, parse_args
+
+    args = parse_args(["--n-clients", str(n_clients), "--num-rounds", str(rounds), "--local-epochs", str(epochs),
+                       "--data-root", str(prostate_data["data_root"]),
+                       "--datalist-dir", str(prostate_data["datalist_dir"]), "--workspace", str(tmp_path / "ws")])
+    return execute(build_recipe(args), args)
+
+
+@pytest.mark.sim
+def test_prostate_simulator_run_fills_both_dashboards(prostate_data, tmp_path):
+    from src.reporting.summary import report
+
+    summary = report(_run_prostate(prostate_data, tmp_path, rounds=2, epochs=1), "val_dice", quiet=True)
+    server_dir = Path(summary["server_dir"])
+    for site in ("site-1", "site-2"):
+        values = summary["rounds"][site]["val_dice"]
+        assert len(values) == 2 and all(np.isfinite(values))
+        assert list((server_dir / "tb_events" / site).rglob("events.out.tfevents.*"))
+    assert set(summary["cross_site"]) == {"site-1", "site-2"}
+    assert "SRV_best_FL_global_model.pt" in summary["cross_site"]["site-1"]
+    with sqlite3.connect(server_dir / "mlflow.db") as db:
+        query = "select r.name, m.key, m.value from metrics m join runs r on m.run_uuid = r.run_uuid"
+        rows = db.execute(query).fetchall()
+        params = {k for (k,) in db.execute("select key from params")}
+    for site in ("site-1", "site-2"):
+        keys = {k for name, k, _ in rows if name.startswith(site)}
+        assert {"train_loss", "val_dice", "val_dice_local"} <= keys
+    assert all(np.isfinite(v) for _, _, v in rows)
+    assert {"lr", "local_epochs", "roi_size"} <= params
+    assert (server_dir / "summary.md").is_file() and (server_dir / "learning_curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_prostate_dice_rises_over_a_longer_run(prostate_data, tmp_path):
+    from src.reporting.summary import report
+
+    summary = report(_run_prostate(prostate_data, tmp_path, rounds=4, epochs=5, n_clients=3), "val_dice", quiet=True)
+    final = [summary["rounds"][s]["val_dice"][-1] for s in ("site-1", "site-2", "site-3")]
+    first = [summary["rounds"][s]["val_dice"][0] for s in ("site-1", "site-2", "site-3")]
+    assert np.mean(final) > 0.5 and np.mean(final) > np.mean(first) + 0.2
+
+
+@pytest.mark.sim
+def test_mednist_simulator_run(mednist_data, tmp_path):
+    from jobs.common import execute
+    from jobs.mednist_fedavg import build_recipe, parse_args
+    from src.reporting.summary import report
+
+    args = parse_args(["--n-clients", "2", "--num-rounds", "1", "--batch-size", "8", "--tracking", "tensorboard",
+                       "--data-root", str(mednist_data["data_root"]),
+                       "--datalist-dir", str(mednist_data["datalist_dir"]), "--workspace", str(tmp_path / "ws")])
+    summary = report(execute(build_recipe(args), args), "val_accuracy", quiet=True)
+    assert all(0 <= summary["rounds"][s]["val_accuracy"][0] <= 1 for s in ("site-1", "site-2"))
+    assert "test_accuracy" in summary["cross_site"]["site-1"]["site-2"]
