@@ -13,7 +13,7 @@ import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,10 @@ from monai.utils import set_determinism
 
 from src.config.base import LearnerConfig
 from src.data.datalist import load_site_datalist
+from src.learners.protocol import PHASE_KEY, TRAIN_SAMPLES_KEY
 
-__all__ = ["FederatedLearner", "RoundResult", "pick_device"]
+__all__ = ["FederatedLearner", "RoundResult", "pick_device", "TRAIN_SAMPLES_KEY", "PHASE_KEY"]
+
 
 
 def pick_device() -> torch.device:
@@ -48,6 +50,8 @@ class RoundResult:
     params: dict[str, torch.Tensor]
     num_steps: int
     metrics: dict[str, float]
+    #: extra FLModel meta sent with the params (e.g. :data:`TRAIN_SAMPLES_KEY`)
+    meta: dict = field(default_factory=dict)
 
 
 class FederatedLearner(ABC):
@@ -121,6 +125,10 @@ class FederatedLearner(ABC):
     def shared_keys(self) -> list[str]:
         """state_dict keys that leave the site; personalised learners return a strict subset."""
         return list(self.model.state_dict())
+
+    def run_phase(self, phase: str, params: Mapping, meta: Mapping) -> tuple[dict, dict[str, float]]:
+        """Answer a controller's non-training request (meta[:data:`PHASE_KEY`]); returns (params, metrics)."""
+        raise ValueError(f"{self.site}: {type(self).__name__} does not handle task phase {phase!r}")
 
     # ---- engines ---------------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
@@ -204,7 +212,8 @@ class FederatedLearner(ABC):
             "train_seconds": time.perf_counter() - start,
         }
         self.save("last")
-        return RoundResult(self.shared_state(), steps, metrics)
+        meta = {TRAIN_SAMPLES_KEY: len(self.train_loader.dataset)}
+        return RoundResult(self.shared_state(), steps, metrics, meta)
 
     def evaluate(self, params: Mapping | None = None, split: str = "validation") -> dict[str, float]:
         """Score ``params`` (default: the current model) on ``split``; the model is restored afterwards."""

@@ -13,6 +13,8 @@ import logging
 import traceback
 from pathlib import Path
 
+from src.learners.protocol import PHASE_KEY
+
 STAGED_CONFIG = "learner_config.json"
 NUM_STEPS_KEY = "NUM_STEPS_CURRENT_ROUND"
 
@@ -74,6 +76,12 @@ def run(staged: dict) -> None:
         if flare.is_evaluate():
             flare.send(FLModel(metrics=learner.evaluate(received.params, split=learner.config.eval_split)))
             continue
+        phase = (received.meta or {}).get(PHASE_KEY)
+        if phase:  # a controller's extra request riding on the train task (e.g. IOP-FL's export / routing)
+            params, metrics = learner.run_phase(phase, received.params or {}, received.meta)
+            metrics_log.log({f"{phase}/{k}": v for k, v in metrics.items()}, received.current_round or 0)
+            flare.send(FLModel(params=params, metrics=metrics, meta={"site": site}))
+            continue
         round_number = received.current_round or 0
         print(f"{site} round {round_number}: training started", flush=True)
         global_metrics = learner.evaluate(received.params, split="validation")
@@ -84,7 +92,8 @@ def run(staged: dict) -> None:
         metrics_log.log({**global_metrics, **local_metrics, **result.metrics}, step)
         print(f"{site} round {round_number}: {_fmt(global_metrics)} (global) {_fmt(result.metrics)}", flush=True)
         # the global model's validation score is what the server's model selection compares
-        flare.send(FLModel(params=result.params, metrics=global_metrics, meta={NUM_STEPS_KEY: result.num_steps}))
+        meta = {NUM_STEPS_KEY: result.num_steps, **result.meta}
+        flare.send(FLModel(params=result.params, metrics=global_metrics, meta=meta))
 
 
 def _fmt(metrics: dict[str, float]) -> str:
