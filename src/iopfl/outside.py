@@ -43,6 +43,7 @@ def evaluate_outside(
     items: Sequence[Mapping],
     cfg: RoutingConfig | None = None,
     log: Callable[[int, dict], None] | None = None,
+    predictions: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Score every outside method on the target stream; returns ``{method: {ood_dice, ood_hd95, ood_dice2d}}``.
 
@@ -52,23 +53,28 @@ def evaluate_outside(
         personal_states: every source site's personalised model (the reference's K experts).
         items: the target site's datalist items (train+val+test), absolute paths.
         cfg: test-time routing settings.
+        log: ``log(pass_index, loss_parts)`` after each routing pass.
+        predictions: if given, filled with each method's label map (N, H, W) on the stream, in ``items`` order
+            (for plots next to the labels; the scores are computed from exactly these maps).
     """
     cfg = cfg or RoutingConfig()
     images, labels, cases, slices = load_stream(items)
     experts = [*personal_states, global_state]
 
-    def score(pred: torch.Tensor) -> dict[str, float]:
+    def score(pred: torch.Tensor, method: str) -> dict[str, float]:
+        if predictions is not None:
+            predictions[method] = pred.cpu()
         return score_slices(pred.cpu().numpy(), labels, cases, slices, prefix="ood")
 
     out = {}
     model = _with_state(template, global_state)
-    out["global"] = score(predict(model, images, cfg.batch_size))
-    out["bn_adapt"] = score(predict(copy_with_batch_statistics(model), images, cfg.batch_size))
+    out["global"] = score(predict(model, images, cfg.batch_size), "global")
+    out["bn_adapt"] = score(predict(copy_with_batch_statistics(model), images, cfg.batch_size), "bn_adapt")
     average = {k: torch.as_tensor(v) for k, v in weighted_average(experts, [1.0] * len(experts)).items()}
-    out["uniform_average"] = score(predict(_with_state(template, average), images, cfg.batch_size))
+    out["uniform_average"] = score(predict(_with_state(template, average), images, cfg.batch_size), "uniform_average")
     routing = build_routing_model(template, experts, global_state)
     passes = run_test_time_routing(routing, images, cfg, log=log)
-    out["routing_first"], out["routing_last"] = score(passes[0]), score(passes[-1])
+    out["routing_first"], out["routing_last"] = score(passes[0], "routing_first"), score(passes[-1], "routing_last")
     return out
 
 

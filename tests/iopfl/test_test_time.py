@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from src.iopfl.outside import OUTSIDE_METHODS, evaluate_outside
+from src.iopfl.outside import OUTSIDE_METHODS, evaluate_outside, load_stream
 from src.iopfl.routed_conv import build_routing_model
 from src.iopfl.test_time import (
     RoutingConfig,
@@ -14,6 +14,7 @@ from src.iopfl.test_time import (
     shape_loss,
     use_batch_statistics,
 )
+from src.metrics.slice_volume import score_slices
 from src.models.unet2d import UNet2D
 
 
@@ -84,6 +85,14 @@ def test_outside_scores_every_method(tiny_prostate):
     items = split["training"] + split["validation"] + split["testing"]
     template = UNet2D(features=(4, 8, 16))
     experts = [UNet2D(features=(4, 8, 16)).state_dict() for _ in range(2)]
-    out = evaluate_outside(template, template.state_dict(), experts, items, RoutingConfig(passes=1))
+    predictions = {}
+    out = evaluate_outside(template, template.state_dict(), experts, items, RoutingConfig(passes=1),
+                           predictions=predictions)
     assert set(out) == set(OUTSIDE_METHODS)
     assert all(0.0 <= m["ood_dice"] <= 1.0 and m["ood_hd95"] >= 0 for m in out.values())
+    # the returned label maps are the ones scored, in the stream's order
+    images, labels, cases, slices = load_stream(items)
+    assert set(predictions) == set(OUTSIDE_METHODS)
+    for method, pred in predictions.items():
+        assert pred.shape == labels.shape
+        assert score_slices(pred.numpy(), labels, cases, slices, prefix="ood") == out[method]
