@@ -112,6 +112,29 @@ def run_federated(algorithm: str, sites, cfg_kwargs, rounds, init, out, tracker)
     return out_scores
 
 
+#: federated runs of the comparison and the name of the global model each yields (IOP-FL's global is FedAvg's)
+FEDERATED_METHODS = {"iopfl": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN"}
+
+
+def run_federated_methods(sites, cfg_kwargs, rounds, init, out, tracker,
+                          algorithms=tuple(FEDERATED_METHODS)) -> tuple[dict, dict]:
+    """Run each federated algorithm from the same ``init``; (inside scores by table name, model states by algorithm).
+
+    Table names: ``FedAvg global (last)``, ``IOP-FL personalised (best)``, ``FedBN site model (last)``, ...
+    States: ``{algorithm: {"global_best": state, "personal_best": [state per site, in sites order]}}``.
+    """
+    inside, states = {}, {}
+    for algorithm in algorithms:
+        res = run_federated(algorithm, sites, cfg_kwargs, rounds, init, out, tracker)
+        states[algorithm] = res.pop("_states")
+        res.pop("best_round")
+        prefix = FEDERATED_METHODS[algorithm]
+        for k, v in res.items():
+            inside[k.replace("global", f"{prefix} global").replace("site model", f"{prefix} site model")
+                   .replace("personalised", "IOP-FL personalised")] = v
+    return inside, states
+
+
 def run_local(sites, cfg_kwargs, rounds, init, out, tracker) -> dict:
     scores = {}
     for s in sites:
@@ -219,15 +242,7 @@ def main(argv=None) -> int:
     init = _state(UNet2D(features=args.features))
     tracker = Tracker(out)
     start = time.perf_counter()
-    inside, states = {}, {}
-    for algorithm in ("iopfl", "fedprox", "fedbn"):
-        res = run_federated(algorithm, sites, cfg_kwargs, args.rounds, init, out / "models", tracker)
-        states[algorithm] = res.pop("_states")
-        res.pop("best_round")
-        prefix = {"iopfl": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN"}[algorithm]
-        for k, v in res.items():
-            inside[k.replace("global", f"{prefix} global").replace("site model", f"{prefix} site model")
-                   .replace("personalised", "IOP-FL personalised")] = v
+    inside, states = run_federated_methods(sites, cfg_kwargs, args.rounds, init, out / "models", tracker)
     inside.update(run_local(sites, cfg_kwargs, args.rounds, init, out / "models", tracker))
     inside.update(run_central(sites, cfg_kwargs, args.rounds, init, out / "models", tracker))
 
