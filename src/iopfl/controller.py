@@ -70,11 +70,25 @@ class IOPFLFedAvg(FedAvg):
         self.train_sites = list(train_sites or [])
         self.ood_site = ood_site
         self.export_personalised = export_personalised
+        self._global_model: FLModel | None = None
         if ood_site and ood_site in self.train_sites:
             raise ValueError(f"ood_site {ood_site!r} must not be one of train_sites {self.train_sites}")
 
     def sample_clients(self, num_clients: int = None) -> list[str]:
         return list(self.train_sites) if self.train_sites else super().sample_clients(num_clients)
+
+    def update_model(self, model, aggr_result):
+        """FedAvg's update, remembering the result: the trained global model for the outside phase."""
+        self._global_model = super().update_model(model, aggr_result)
+        return self._global_model
+
+    def final_global_model(self) -> FLModel:
+        """The global model after the last round (before any round: the persistor's initial model).
+
+        Not ``load_model()`` alone: ``PTFileModelPersistor.load_model`` rebuilds from its initial module and ignores
+        what ``save_model`` stored, so after training it returns the untrained weights.
+        """
+        return self._global_model if self._global_model is not None else self.load_model()
 
     def run(self) -> None:
         super().run()
@@ -99,7 +113,7 @@ class IOPFLFedAvg(FedAvg):
         if not experts:
             self.warning("no personalised model exported: no test-time routing")
             return
-        global_model = self.load_model()
+        global_model = self.final_global_model()
         self.warning(f"relaying {len(experts)} personalised models + the global model to {self.ood_site!r}")
         replies = self.send_model_and_wait(
             task_name=self.task_name, targets=[self.ood_site],

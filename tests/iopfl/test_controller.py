@@ -3,10 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.workflows.fedavg import FedAvg
 
 from src.config.iopfl import IOPFLConfig
 from src.iopfl.controller import IOPFLFedAvg, IOPFLRecipe, pack_experts, unpack_experts
 from src.learners.iopfl import EXPORT_PHASE, ROUTE_PHASE, IOPFLLearner
+from src.learners.protocol import PHASE_KEY
 
 
 def test_pack_unpack_roundtrip_keeps_order():
@@ -53,3 +56,29 @@ def test_held_out_site_routes_over_received_experts(tiny_prostate, tmp_path):
     assert {"global_ood_dice", "routing_last_ood_dice", "bn_adapt_ood_hd95", "uniform_average_ood_dice2d"} <= set(
         metrics)
     assert (tmp_path / "ISBI_outside.json").is_file()
+
+
+def test_outside_phase_relays_the_trained_global_model_not_the_initial_one(monkeypatch, tmp_path):
+    c = IOPFLFedAvg(num_rounds=1, train_sites=["A", "B"], ood_site="C", export_personalised=True)
+    initial, trained = {"w": np.zeros(2)}, {"w": np.full(2, 7.0)}
+    # the persistor's load_model returns its initial weights even after save_model (nvflare 2.9)
+    monkeypatch.setattr(c, "load_model", lambda: FLModel(params=initial))
+    monkeypatch.setattr(FedAvg, "update_model", lambda self, model, aggr: FLModel(params=aggr.params))
+    assert c.final_global_model().params is initial  # before any round
+    c.update_model(FLModel(params=initial), FLModel(params=trained))
+    sent = []
+
+    def send_model_and_wait(task_name, targets, data):
+        sent.append((targets, data))
+        if targets == ["C"]:
+            return [FLModel(params={}, metrics={"routing_last_ood_dice": 0.5})]
+        return [FLModel(params={"w": np.ones(2)}, meta={"site": s}) for s in targets]
+
+    monkeypatch.setattr(c, "send_model_and_wait", send_model_and_wait)
+    monkeypatch.setattr(c, "_run_dir", lambda: tmp_path)
+    c._route_on_held_out_site()
+    targets, relayed = sent[-1]
+    assert targets == ["C"] and relayed.meta[PHASE_KEY] == ROUTE_PHASE
+    experts, global_params = unpack_experts(relayed.params)
+    assert len(experts) == 2 and global_params["w"].tolist() == [7.0, 7.0]
+    assert (tmp_path / "iopfl_outside.json").is_file()
