@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all data lint bench bench-science iopfl-compare poc browser-check clean help
+.PHONY: demo test test-all data data-all lint bench bench-science iopfl-compare poc browser-check clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,6 +23,17 @@ venv: $(STAMP)  ## create the virtual environment
 data: $(STAMP)  ## synthetic MSD Task05 in its real layout -> converted per-site data + datalists
 	$(PY) -m data_prep.msd_prostate generate --out data/raw --n-train 18 --n-test 2
 	$(PY) -m data_prep.msd_prostate convert --task-dir data/raw/Task05_Prostate --out data/prostate --n-sites 3
+
+data-all: $(STAMP)  ## synthetic FedICRA (FAZ, ODOC), FedMRI and cardiac (ACDC, M&Ms) sets, generated and converted
+	$(PY) -m data_prep.fedicra generate --out data/fedicra
+	$(PY) -m data_prep.fedicra convert --task faz --data-root data/fedicra/FAZ_h5
+	$(PY) -m data_prep.fedicra convert --task odoc --data-root data/fedicra/ODOC_h5
+	$(PY) -m data_prep.fedmri generate
+	$(PY) -m data_prep.fedmri convert
+	$(PY) -m data_prep.acdc generate
+	$(PY) -m data_prep.acdc convert
+	$(PY) -m data_prep.mnms generate
+	$(PY) -m data_prep.mnms convert
 
 demo: data  ## the main job: Prostate 3-D UNet FedAvg in the simulator (3 sites), then results + dashboards
 	$(PY) -u jobs/prostate_fedavg.py --env sim --n-clients 3 --num-rounds 3 --local-epochs 5
