@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all data lint bench clean help
+.PHONY: demo test test-all data data-all lint bench bench-science iopfl-compare poc browser-check clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,6 +24,17 @@ data: $(STAMP)  ## synthetic MSD Task05 in its real layout -> converted per-site
 	$(PY) -m data_prep.msd_prostate generate --out data/raw --n-train 18 --n-test 2
 	$(PY) -m data_prep.msd_prostate convert --task-dir data/raw/Task05_Prostate --out data/prostate --n-sites 3
 
+data-all: $(STAMP)  ## synthetic FedICRA (FAZ, ODOC), FedMRI and cardiac (ACDC, M&Ms) sets, generated and converted
+	$(PY) -m data_prep.fedicra generate --out data/fedicra
+	$(PY) -m data_prep.fedicra convert --task faz --data-root data/fedicra/FAZ_h5
+	$(PY) -m data_prep.fedicra convert --task odoc --data-root data/fedicra/ODOC_h5
+	$(PY) -m data_prep.fedmri generate
+	$(PY) -m data_prep.fedmri convert
+	$(PY) -m data_prep.acdc generate
+	$(PY) -m data_prep.acdc convert
+	$(PY) -m data_prep.mnms generate
+	$(PY) -m data_prep.mnms convert
+
 demo: data  ## the main job: Prostate 3-D UNet FedAvg in the simulator (3 sites), then results + dashboards
 	$(PY) -u jobs/prostate_fedavg.py --env sim --n-clients 3 --num-rounds 3 --local-epochs 5
 
@@ -38,6 +49,21 @@ lint: $(STAMP)
 
 bench: data  ## foundation benchmark (P1 FL vs plain loop, P2 learner throughput)
 	$(PY) -u benchmarks/fedavg_overhead.py
+
+bench-science: $(STAMP)  ## per-step cost of the FedICRA, FedMRI and cooperative-training cores
+	$(PY) -u benchmarks/fedicra_step.py
+	$(PY) -u benchmarks/fedmri_step.py
+	$(PY) -u benchmarks/cooptrain_step.py
+
+iopfl-compare: $(STAMP)  ## IOP-FL vs FedAvg/FedProx/FedBN/local/centralised on synthetic six-site prostate
+	$(PY) -u -m benchmarks.iopfl_compare
+
+poc: data  ## the prostate job on a provisioned local POC deployment (2 sites), started and stopped cleanly
+	$(PY) -u jobs/prostate_fedavg.py --env poc --n-clients 2 --num-rounds 2 --local-epochs 2
+
+browser-check: $(STAMP)  ## install Debian's chromium and screenshot the MLflow UI of a finished run
+	bash scripts/install_browser.sh
+	$(PY) -m pytest -m browser -q
 
 clean:  ## remove generated data, workspaces and results (keeps the venv)
 	rm -rf data datalists/*/ workspace results benchmarks/results

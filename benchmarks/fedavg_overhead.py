@@ -8,7 +8,7 @@ P2  Our learner's training throughput (``FederatedLearner.train_round``) vs a ha
     model, transforms, data and thread count.
 Also: simulator start-up (launch to first training step) and peak memory (RSS) of the simulator and the loops.
 
-    python benchmarks/fedavg_overhead.py            # ~4-6 minutes on 2 cores
+    python benchmarks/fedavg_overhead.py            # ~5 minutes on 2 cores
     python benchmarks/fedavg_overhead.py --quick    # smoke run
 """
 
@@ -108,8 +108,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sites", type=int, default=2, help="sites (one simulator process each; 2 fits 2 cores)")
     p.add_argument("--cases-per-site", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--local-epochs", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--local-epochs", type=int, default=10)
     p.add_argument("--p2-steps", type=int, default=30, help="training steps timed for P2")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (numbers meaningless)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))

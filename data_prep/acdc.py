@@ -286,7 +286,7 @@ def main(argv=None) -> int:
                 print(f"acdc_{setting}: {len(files)} datalist(s), {n} entries OK")
     except DataValidationError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -315,7 +315,7 @@ def main(argv=None) -> int:
             print(f"mnms: {len(files)} datalist(s), {n} entries OK")
     except DataValidationError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

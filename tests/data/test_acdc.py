@@ -204,7 +204,7 @@ def test_validate_rejects_path_escaping_root(converted, tmp_path):
     bad.write_text(json.dumps(payload))
     with pytest.raises(DataValidationError, match=r"testing\[0\].image: path '../../etc/passwd' escapes"):
         acdc.validate_datalists([bad], data)
-    assert acdc.main(["validate", "--data-root", str(data), "--datalist-dir", str(tmp_path / "datalists")]) == 1
+    assert acdc.main(["validate", "--data-root", str(data), "--datalist-dir", str(tmp_path / "datalists")]) == 2
 
 
 def test_validate_rejects_empty_site_and_leakage(converted, tmp_path):

@@ -72,10 +72,16 @@ def test_prostate_simulator_run_fills_both_dashboards(prostate_data, tmp_path):
 
     summary = report(_run_prostate(prostate_data, tmp_path, rounds=2, epochs=1), "val_dice", quiet=True)
     server_dir = Path(summary["server_dir"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     for site in ("site-1", "site-2"):
         values = summary["rounds"][site]["val_dice"]
         assert len(values) == 2 and all(np.isfinite(values))
-        assert list((server_dir / "tb_events" / site).rglob("events.out.tfevents.*"))
+        events = EventAccumulator(str(server_dir / "tb_events" / site)).Reload()
+        tags = events.Tags()["scalars"]
+        assert {"train_loss", "val_dice", "val_dice_local"} <= {t.split("/")[-1] for t in tags}
+        tb_val = [e.value for t in tags if t.endswith("val_dice") for e in events.Scalars(t)]
+        assert np.allclose(sorted(tb_val), sorted(values), atol=1e-6)  # the same values NVFlare recorded
     assert set(summary["cross_site"]) == {"site-1", "site-2"}
     assert "SRV_best_FL_global_model.pt" in summary["cross_site"]["site-1"]
     with sqlite3.connect(server_dir / "mlflow.db") as db:
@@ -103,6 +109,23 @@ def test_prostate_dice_rises_over_a_longer_run(tmp_path):
     final = [summary["rounds"][s]["val_dice"][-1] for s in ("site-1", "site-2", "site-3")]
     first = [summary["rounds"][s]["val_dice"][0] for s in ("site-1", "site-2", "site-3")]
     assert np.mean(final) > 0.5 and np.mean(final) > np.mean(first) + 0.2
+
+
+@pytest.mark.sim
+def test_a_failing_site_fails_the_job_instead_of_hanging(prostate_data, tmp_path):
+    import shutil
+    import time
+
+    datalists = tmp_path / "datalists"
+    datalists.mkdir()
+    shutil.copy(prostate_data["datalist_dir"] / "site-1.json", datalists)  # site-2 has no datalist
+    data = {"data_root": prostate_data["data_root"], "datalist_dir": datalists}
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="Simulation failed"):
+        _run_prostate(data, tmp_path, rounds=2, epochs=1)
+    assert time.monotonic() - start < 240
+    logs = "".join(p.read_text() for p in (tmp_path / "ws").rglob("site-2/log.txt"))
+    assert "site-2.json" in logs and "does not exist" in logs  # the reason is in the failing site's log
 
 
 @pytest.mark.sim

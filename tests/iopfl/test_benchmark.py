@@ -5,7 +5,7 @@ import json
 import pytest
 
 
-@pytest.mark.slow
+@pytest.mark.sim
 def test_compare_writes_every_method(tmp_path):
     from benchmarks.iopfl_compare import main
 

@@ -59,7 +59,6 @@ def test_job_option_rules(tiny_prostate):
 
 
 @pytest.mark.sim
-@pytest.mark.slow
 def test_simulator_inside_and_outside(tiny_prostate, tmp_path):
     job = _job()
     assert job.main(_args(tiny_prostate, "--num-rounds", "2", "--ood-test", "ISBI", "--export-personalised",
