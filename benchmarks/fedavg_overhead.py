@@ -4,11 +4,12 @@ P1  Prostate FedAvg in the simulator vs a plain single-process loop doing the sa
     (the same optimisation steps, and the same validation passes: each site scores the received global model and
     its own trained model on its validation volumes every round). FL time runs from the first site's first
     "training started" to the last site's last round (start-up, cross-site evaluation and shutdown excluded).
-P2  Our learner's training throughput (``FederatedLearner.train_round``) vs a hand-written loop with the same
-    model, transforms, data and thread count.
+P2  Our learner's training throughput (one ``FederatedLearner.train_round`` of several epochs, checkpoint
+    included) vs a hand-written loop with the same model, transforms, data and thread count; interleaved repeats,
+    median ratio.
 Also: simulator start-up (launch to first training step) and peak memory (RSS) of the simulator and the loops.
 
-    python benchmarks/fedavg_overhead.py            # ~5 minutes on 2 cores
+    python benchmarks/fedavg_overhead.py            # ~5 minutes on 2 cores (FL part about a minute)
     python benchmarks/fedavg_overhead.py --quick    # smoke run
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from src.config.tutorial import ProstateConfig  # noqa: E402
@@ -107,16 +109,17 @@ def run_simulator(data_root, datalists, work, n_sites, rounds, epochs):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sites", type=int, default=2, help="sites (one simulator process each; 2 fits 2 cores)")
-    p.add_argument("--cases-per-site", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--cases-per-site", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--local-epochs", type=int, default=10)
-    p.add_argument("--p2-steps", type=int, default=30, help="training steps timed for P2")
+    p.add_argument("--p2-steps", type=int, default=60, help="training steps per P2 repeat")
+    p.add_argument("--p2-repeats", type=int, default=5, help="interleaved P2 repeats (median ratio)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (numbers meaningless)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.quick:
-        a.cases_per_site, a.rounds, a.local_epochs, a.p2_steps = 2, 1, 1, 3
+        a.cases_per_site, a.rounds, a.local_epochs, a.p2_steps, a.p2_repeats = 2, 1, 1, 3, 1
     out = Path(a.out)
     work = out / "fedavg_work"
     data_root, datalists = prepare_data(work, a.sites, a.cases_per_site, a.seed)
@@ -140,22 +143,25 @@ def main(argv=None) -> int:
     plain_seconds = time.perf_counter() - start
 
     # ---- P2: learner throughput vs the plain loop, same model/data/threads ---------------------------------
-    print(f">> P2: {a.p2_steps} training steps, learner vs plain loop ({threads} threads)", flush=True)
+    # one train_round per repeat (as in a round of FL), interleaved with the plain loop; median of the ratios
     learner = learners[0]
-    learner.config.local_epochs = 1
     per_epoch = len(learner.train_loader)
-    epochs = max(1, a.p2_steps // per_epoch)
-    learner.train_round()  # warm-up (caches, allocator)
-    plain.train_steps(per_epoch)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        learner.train_round()
-    learner_s = time.perf_counter() - start
+    learner.config.local_epochs = epochs = max(1, a.p2_steps // per_epoch)
+    steps = epochs * per_epoch
+    print(f">> P2: {a.p2_repeats} x {steps} training steps, learner vs plain loop ({threads} threads)", flush=True)
     single = PlainLoop([learner])
-    single.train_steps(per_epoch)
-    start = time.perf_counter()
-    single.train_steps(epochs * per_epoch)
-    plain_s = time.perf_counter() - start
+    single.train_steps(per_epoch)  # warm-up of both (caches, allocator)
+    learner.train_round()
+    learner_times, plain_times = [], []
+    for _ in range(a.p2_repeats):
+        start = time.perf_counter()
+        learner.train_round()
+        learner_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        single.train_steps(steps)
+        plain_times.append(time.perf_counter() - start)
+    ratios = sorted(p / lt for p, lt in zip(plain_times, learner_times))
+    learner_s, plain_s = float(np.median(learner_times)), float(np.median(plain_times))
     own_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     results = {
@@ -163,9 +169,10 @@ def main(argv=None) -> int:
         "P1_fl_seconds": sim["fl_seconds"],
         "P1_plain_seconds": plain_seconds,
         "P1_ratio": sim["fl_seconds"] / plain_seconds,
-        "P2_learner_steps_per_s": epochs * per_epoch / learner_s,
-        "P2_plain_steps_per_s": epochs * per_epoch / plain_s,
-        "P2_ratio": plain_s / learner_s,
+        "P2_learner_steps_per_s": steps / learner_s,
+        "P2_plain_steps_per_s": steps / plain_s,
+        "P2_ratio": ratios[len(ratios) // 2],
+        "P2_ratios": ratios,
         "simulator_startup_seconds": sim["startup_seconds"],
         "simulator_wall_seconds": sim["wall_seconds"],
         "peak_rss_mb_simulator_processes": sim_peak_mb,
