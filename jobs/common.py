@@ -25,6 +25,8 @@ from src.learners.client_api import STAGED_CONFIG  # noqa: E402
 SRC_DIR = ROOT / "src"
 # relative to ROOT: NVFlare keeps a relative script path, so the exported job finds it in custom/jobs/
 CLIENT_SCRIPT = "jobs/fl_client.py"
+# relative to ROOT: NVFlare bundles a relative initial checkpoint into the server app of the job
+INITIAL_MODELS = Path("workspace") / "initial_models"
 TRACKING_CHOICES = {
     "tensorboard": ("tensorboard",),
     "mlflow": ("mlflow",),
@@ -72,6 +74,9 @@ def at_repo_root():
 def parse_job_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse the options, then import NVFlare's recipe module without letting it re-read ``sys.argv``."""
     args = parser.parse_args(argv)
+    import torch
+
+    torch.manual_seed(args.seed)  # the model a job script builds next is its seeded initial global model
     saved, sys.argv = sys.argv, sys.argv[:1]
     try:
         import nvflare.recipe.spec  # noqa: F401  (consumes --export/--export-dir from sys.argv on import)
@@ -114,14 +119,33 @@ def stage_project(recipe, learner: type, config: LearnerConfig) -> None:
     recipe.add_server_file(str(staging / "code"))
 
 
+def initial_checkpoint(model, args) -> str:
+    """Save ``model``'s weights as the job's initial global model; return the path relative to ROOT.
+
+    Without it the server re-creates the model from its constructor arguments with unseeded random weights, so two
+    runs with the same ``--seed`` would start from different models (sites are seeded, the server would not be).
+    """
+    import torch
+
+    path = INITIAL_MODELS / f"{args.name}_seed{args.seed}_initial.pt"
+    (ROOT / path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ROOT / path)
+    return str(path)
+
+
 def build_fedavg_recipe(args, model, learner: type, config: LearnerConfig, recipe_class=None, **recipe_kwargs):
-    """A FedAvg-family recipe (``FedAvgRecipe`` by default) running ``learner`` at every site, fully equipped."""
+    """A FedAvg-family recipe (``FedAvgRecipe`` by default) running ``learner`` at every site, fully equipped.
+
+    ``model`` should be built right after :func:`parse_job_args` (which seeds torch), so that its weights, bundled
+    as the initial checkpoint, are the same for the same ``--seed``.
+    """
     if recipe_class is None:
         from nvflare.app_opt.pt.recipes import FedAvgRecipe as recipe_class
     with at_repo_root():
         recipe = recipe_class(
             name=args.name,
             model=model,
+            initial_ckpt=initial_checkpoint(model, args),
             min_clients=len(sites_of(args)),
             num_rounds=args.num_rounds,
             train_script=CLIENT_SCRIPT,

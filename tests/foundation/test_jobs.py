@@ -50,6 +50,24 @@ def test_export_is_self_contained_and_fully_equipped(job, tmp_path):
     assert "/work/" not in json.dumps(executor)  # no path into the developer's checkout
 
 
+def test_the_initial_global_model_is_seeded_and_bundled(tmp_path):
+    import hashlib
+
+    from jobs.common import execute
+    from jobs.prostate_fedavg import build_recipe, parse_args
+
+    digests = []
+    for i, seed in enumerate((0, 0, 1)):
+        args = parse_args(["--env", "export", "--export-dir", str(tmp_path / f"job{i}"), "--seed", str(seed),
+                           "--name", "seeded_job"])
+        execute(build_recipe(args), args)
+        server = json.loads((tmp_path / f"job{i}" / "app" / "config" / "config_fed_server.json").read_text())
+        assert f"seeded_job_seed{seed}_initial.pt" in json.dumps(server)  # the server starts from the bundled file
+        ckpt = tmp_path / f"job{i}" / "app" / "custom" / f"seeded_job_seed{seed}_initial.pt"
+        digests.append(hashlib.sha256(ckpt.read_bytes()).hexdigest())
+    assert digests[0] == digests[1] != digests[2]
+
+
 def test_tracking_none_adds_no_receivers(tmp_path):
     server = (_export("prostate_fedavg", tmp_path, "--tracking", "none", "--no-cross-site-eval")
               / "app" / "config" / "config_fed_server.json").read_text()
