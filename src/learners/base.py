@@ -224,12 +224,16 @@ class FederatedLearner(ABC):
             backup = {k: v.clone() for k, v in self.model.state_dict().items()}
             self.load_params(params)
         try:
-            evaluator = self._evaluator(split)
-            evaluator.run()
-            return {k: float(v) for k, v in evaluator.state.metrics.items()}
+            return self.score(split)
         finally:
             if backup is not None:
                 self.model.load_state_dict(backup)
+
+    def score(self, split: str) -> dict[str, float]:
+        """Metrics of the current model on ``split``: the MONAI evaluator with :meth:`build_metrics` by default."""
+        evaluator = self._evaluator(split)
+        evaluator.run()
+        return {k: float(v) for k, v in evaluator.state.metrics.items()}
 
     def update_best(self, metrics: Mapping[str, float]) -> bool:
         """Keep the best local model by ``key_metric`` on the validation split (never the test split)."""

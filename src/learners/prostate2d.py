@@ -133,16 +133,7 @@ class Prostate2DLearner(FederatedLearner):
             slices += [int(s) for s in batch["slice"]]
         return np.concatenate(preds), np.concatenate(labels), cases, slices
 
-    def evaluate(self, params: Mapping | None = None, split: str = "validation") -> dict[str, float]:
-        if not self.datalist.get(split):
-            return {}
-        backup = None
-        if params is not None:
-            backup = {k: v.clone() for k, v in self.model.state_dict().items()}
-            self.load_params(params)
-        try:
-            prefix = "val" if split == "validation" else "test"
-            return score_slices(*self.predict_split(split), prefix=prefix)
-        finally:
-            if backup is not None:
-                self.model.load_state_dict(backup)
+    def score(self, split: str) -> dict[str, float]:
+        """3-D Dice/HD95 per volume and the reference's 2-D Dice, from the slices regrouped by case."""
+        prefix = "val" if split == "validation" else "test"
+        return score_slices(*self.predict_split(split), prefix=prefix)
