@@ -80,11 +80,13 @@ def plot_learning_curves(rounds: dict, key_metric: str, path: Path) -> Path | No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for site in sorted(rounds):
         values = rounds[site].get(key_metric, [])
         ax.plot(range(len(values)), values, marker="o", label=site)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel(f"{key_metric} (global model)")
     ax.legend()
