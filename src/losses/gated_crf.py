@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from src.losses._validation import check_bchw
+
 __all__ = ["gated_crf_loss", "GatedCRFLoss"]
 
 
@@ -78,13 +80,6 @@ class _GatedCRFPotts(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def _check(name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor) or t.dim() != 4:
-        raise ValueError(f"{name} must be a (B, C, H, W) tensor, got shape {tuple(getattr(t, 'shape', ()))}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
 
 
 def gated_crf_loss(
@@ -102,8 +97,8 @@ def gated_crf_loss(
     Returns:
         scalar loss, normalised by ``B * H * W``.
     """
-    _check("probs", probs)
-    _check("image", image)
+    check_bchw("probs", probs)
+    check_bchw("image", image)
     if image.shape[0] != probs.shape[0] or image.shape[2:] != probs.shape[2:]:
         raise ValueError(
             f"image must match probs in batch and spatial size {(probs.shape[0], *probs.shape[2:])}, "

@@ -19,18 +19,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from src.losses._validation import check_bchw
 from src.losses.tree_filter import build_grid_mst, tree_edge_weights, tree_filter
 
 __all__ = ["MultiscaleTreeEnergyLoss", "multiscale_tree_energy_loss"]
 
 
-def _check_batch(name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor) or t.dim() != 4:
-        raise ValueError(f"{name} must be a (B, C, H, W) tensor, got shape {tuple(getattr(t, 'shape', ()))}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
 
 
 def multiscale_tree_energy_loss(
@@ -56,8 +50,8 @@ def multiscale_tree_energy_loss(
     Returns:
         scalar loss; 0 (with a graph) when no pixel is unlabelled.
     """
-    _check_batch("logits", logits)
-    _check_batch("image", image)
+    check_bchw("logits", logits)
+    check_bchw("image", image)
     batch, _, height, width = logits.shape
     if image.shape[0] != batch or image.shape[2:] != logits.shape[2:]:
         raise ValueError(
@@ -72,7 +66,7 @@ def multiscale_tree_energy_loss(
     if tuple(unlabeled_mask.shape) != (batch, height, width):
         raise ValueError(f"unlabeled_mask must have shape {(batch, height, width)}, got {tuple(unlabeled_mask.shape)}")
     for i, aux in enumerate(aux_logits):
-        _check_batch(f"aux_logits[{i}]", aux)
+        check_bchw(f"aux_logits[{i}]", aux)
         if aux.shape[0] != batch:
             raise ValueError(f"aux_logits[{i}] must have batch size {batch}, got {aux.shape[0]}")
 
