@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from jobs.console import add_console_options, sim_log_config, tracking_config  # noqa: E402
 from src.config.base import LearnerConfig  # noqa: E402
 from src.learners.client_api import STAGED_CONFIG  # noqa: E402
 
@@ -60,6 +61,7 @@ def job_parser(description: str, *, name: str, n_clients: int, num_rounds: int, 
     p.add_argument("--site-env", action="append", default=[], metavar="SITE:VAR=VALUE",
                    help="--env poc: environment of one site's client, e.g. site-1:FL_DATA_ROOT=/data/a (repeatable)")
     p.add_argument("--poc-timeout", type=float, default=3600.0, help="--env poc: seconds the job may run")
+    add_console_options(p)
     return p
 
 
@@ -74,9 +76,12 @@ def at_repo_root():
         os.chdir(old)
 
 
-def parse_job_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Parse the options, then import NVFlare's recipe module without letting it re-read ``sys.argv``."""
+def parse_job_args(parser: argparse.ArgumentParser, argv=None, check=None) -> argparse.Namespace:
+    """Parse the options, run ``check(args)`` (the job's pre-flight data check, before any heavy import), then
+    import NVFlare's recipe module without letting it re-read ``sys.argv``."""
     args = parser.parse_args(argv)
+    if check is not None:
+        check(args)
     saved, sys.argv = sys.argv, sys.argv[:1]
     try:
         import nvflare.recipe.spec  # noqa: F401  (consumes --export/--export-dir from sys.argv on import)
@@ -198,7 +203,7 @@ def add_standard_components(recipe, args) -> None:
     from nvflare.recipe.utils import add_cross_site_evaluation, add_experiment_tracking
 
     for kind in TRACKING_CHOICES[args.tracking]:
-        add_experiment_tracking(recipe, kind)
+        add_experiment_tracking(recipe, kind, tracking_config(args) if kind == "mlflow" else None)
     if not args.no_cross_site_eval:
         add_cross_site_evaluation(recipe)
     # the 2 s default between task requests dominates short rounds on a laptop
@@ -227,7 +232,8 @@ def _execute(recipe, args) -> Path | None:
         from nvflare.recipe import SimEnv
 
         sites = sites_of(args)
-        env = SimEnv(clients=sites, num_clients=len(sites), workspace_root=str(Path(args.workspace).resolve()))
+        env = SimEnv(clients=sites, num_clients=len(sites), workspace_root=str(Path(args.workspace).resolve()),
+                     log_config=sim_log_config(args))
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         run = recipe.execute(env)
         return Path(run.get_result())
