@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -236,7 +237,8 @@ def _execute(recipe, args) -> Path | None:
                      log_config=sim_log_config(args))
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         run = recipe.execute(env)
-        return Path(run.get_result())
+        with contextlib.redirect_stdout(io.StringIO()):  # SimEnv prints a note that get_status returns None
+            return Path(run.get_result())
     from jobs.poc import submit_to_poc
 
     return submit_to_poc(recipe, args)

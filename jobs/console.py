@@ -55,6 +55,8 @@ def tracking_config(args) -> dict:
     receiver names them ``<site>-<id>-<job>-<name>``) and add the run's settings to them.
     """
     args.launch = getattr(args, "launch", None) or f"{int(time.time() * 1000)}"
+    if not getattr(args, "verbose", False):
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's own handler ("Creating ... tables")
     config = {
         "kw_args": {
             "experiment_name": args.name,

@@ -86,21 +86,26 @@ def server_line(round_number: int, num_rounds: int, mean: Mapping[str, float] | 
 
 
 class RoundClock:
-    """Times rounds on the server; the ETA is the mean round time so far times the rounds left."""
+    """Times rounds on the server; the ETA is the mean round time so far (the first round, which includes the
+    sites' start-up, only until there is another) times the rounds left."""
 
     def __init__(self, clock=time.monotonic):
         self._clock = clock
         self._start = clock()
         self._last = self._start
         self._done = 0
+        self._later: list[float] = []  # round times after the first (the first includes the sites' start-up)
 
     def round_done(self, round_number: int, num_rounds: int, mean: Mapping[str, float] | None,
                    key_metric: str | None = None, n_sites: int = 0) -> str:
         now = self._clock()
         round_seconds, self._last = now - self._last, now
         self._done += 1
+        if self._done > 1:
+            self._later.append(round_seconds)
         left = max(0, num_rounds - (round_number + 1))
-        eta = (now - self._start) / self._done * left
+        per_round = sum(self._later) / len(self._later) if self._later else round_seconds
+        eta = per_round * left
         line = server_line(round_number, num_rounds, mean, key_metric, n_sites, round_seconds, eta)
         progress(line)
         return line

@@ -176,7 +176,7 @@ def learner_config_of(result: str | Path) -> dict:
         except (OSError, json.JSONDecodeError):
             continue
         config = staged.get("config", {})
-        return {k: v for k, v in config.items() if k != "extra"}
+        return {k: v for k, v in config.items() if k not in ("extra", "__class__")}
     return {}
 
 
