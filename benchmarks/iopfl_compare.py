@@ -233,8 +233,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/iopfl_compare")
     p.add_argument("--data-root", default="data/multisite_prostate")
     p.add_argument("--datalist-dir", default="datalists/multisite_prostate")
-    p.add_argument("--ood-site", default="ISBI", help="held-out site (never trained on); the reference's example")
-    p.add_argument("--rounds", type=int, default=30, help="federated rounds (= epochs of local/centralised)")
+    p.add_argument("--ood-test", dest="ood_site", default="ISBI", metavar="SITE",
+                   help="held-out site (never trained on); the reference's example (the job's option name)")
+    p.add_argument("--ood-site", dest="ood_site", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
+    p.add_argument("--num-rounds", dest="rounds", type=int, default=30,
+                   help="federated rounds (= epochs of local/centralised; the job's option name)")
+    p.add_argument("--rounds", dest="rounds", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old
     p.add_argument("--features", type=int, nargs="+", default=list(IOPFLConfig.features))
     p.add_argument("--tta-passes", type=int, default=10, help="test-time routing passes (the reference's 10)")
     p.add_argument("--n-cases", type=int, default=6, help="cases per site when generating synthetic data")

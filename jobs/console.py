@@ -30,6 +30,15 @@ def add_console_options(p) -> None:
                    help="MLflow store shared by the project's runs (default: sqlite store in <workspace>/mlruns)")
 
 
+def quiet_mlflow() -> None:
+    """MLflow's own console handler prints INFO lines ("Creating initial MLflow database tables..."): warnings
+    only, in this process (also when MLflow is already imported) and in the simulator's processes."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
 def tracking_uri_of(args) -> str:
     if getattr(args, "tracking_uri", None):
         return args.tracking_uri
@@ -43,7 +52,7 @@ def sim_log_config(args) -> str | None:
         return None
     from src.reporting.console import write_log_config
 
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's own handler ("Creating initial ... tables")
+    quiet_mlflow()
     path = Path(args.workspace).resolve() / f"{args.name}_log_config.json"
     return str(write_log_config(path))
 
@@ -56,7 +65,7 @@ def tracking_config(args) -> dict:
     """
     args.launch = getattr(args, "launch", None) or f"{int(time.time() * 1000)}"
     if not getattr(args, "verbose", False):
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's own handler ("Creating ... tables")
+        quiet_mlflow()
     config = {
         "kw_args": {
             "experiment_name": args.name,
@@ -124,6 +133,8 @@ def finish(result, args, key_metric: str, **settings) -> dict | None:
         return None
     from src.reporting.summary import report
 
+    if not getattr(args, "verbose", False):
+        quiet_mlflow()
     return report(result, key_metric=key_metric, settings=run_settings(args, **settings),
                   tracking_uri=tracking_uri_of(args) if "mlflow" in _tracking(args) else None,
                   launch=getattr(args, "launch", None))

@@ -96,3 +96,9 @@ def test_a_wrong_site_lists_the_sites_that_exist(tmp_path):
                         "--sites", "site-1", "site-3", "--workspace", str(tmp_path / "ws"))
     assert out.returncode == 2 and seconds < 5
     assert "site-3" in out.stderr and "datalists present: site-1, site-2" in out.stderr
+
+
+def test_the_comparison_takes_the_jobs_option_names():
+    out, _ = _run("-m", "benchmarks.iopfl_compare", "--help")
+    assert "--num-rounds" in out.stdout and "--ood-test" in out.stdout
+    assert "--rounds " not in out.stdout and "--ood-site" not in out.stdout  # old names: hidden aliases
