@@ -26,6 +26,7 @@ from data_prep.cli import Command, run_cli
 from data_prep.common import (
     DataValidationError,
     atomic_dir,
+    check_cases_disjoint,
     check_inside_root,
     check_label_values,
     check_same_grid,
@@ -150,19 +151,23 @@ def convert(
 
 
 def validate(data_root: str | Path, datalist_dir: str | Path = f"datalists/{DATASET}") -> int:
-    """Check every converted case listed in the datalists; return the number of cases checked."""
+    """Check every converted case listed in the datalists, and that no case is in two splits or sites;
+    return the number of cases checked."""
     from src.data.datalist import load_site_datalist
 
     lists = sorted(Path(datalist_dir).glob("*.json"))
     if not lists:
         raise DataValidationError(f"datalist dir {str(datalist_dir)!r} holds no <site>.json")
     n = 0
+    loaded = {}
     for path in lists:
-        for items in load_site_datalist(path, data_root).values():
+        loaded[path.name] = load_site_datalist(path, data_root)
+        for items in loaded[path.name].values():
             for item in items:
                 validate_case(Case(Path(item["image"]).name, Path(item["image"]), Path(item["label"])))
                 n += 1
         print(f"  {path.name}: ok", flush=True)
+    check_cases_disjoint(loaded, lambda item: item["image"], str(datalist_dir))  # no case in two sites
     return n
 
 

@@ -30,6 +30,7 @@ from data_prep.cli import Command, run_cli
 from data_prep.common import (
     DataValidationError,
     atomic_dir,
+    check_cases_disjoint,
     check_label_values,
     check_same_grid,
     check_splits_non_empty,
@@ -211,8 +212,9 @@ def validate(data_root: str | Path, datalist_dir: str | Path = f"datalists/{DATA
     if not lists:
         raise DataValidationError(f"datalist dir {str(datalist_dir)!r} holds no <site>.json")
     n = 0
+    loaded = {}
     for path in lists:
-        splits = load_site_datalist(path, data_root)
+        splits = loaded[path.name] = load_site_datalist(path, data_root)
         cases = {split: {item["case"] for item in items} for split, items in splits.items()}
         for a, b in (("training", "validation"), ("training", "testing"), ("validation", "testing")):
             if cases[a] & cases[b]:
@@ -222,6 +224,7 @@ def validate(data_root: str | Path, datalist_dir: str | Path = f"datalists/{DATA
                 check_slice_pair(item["image"], item["label"])
                 n += 1
         print(f"  {path.name}: ok", flush=True)
+    check_cases_disjoint(loaded, lambda item: str(Path(item["image"]).parent), str(datalist_dir))  # across sites
     return n
 
 

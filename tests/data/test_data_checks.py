@@ -180,3 +180,13 @@ def test_converter_refuses_an_empty_validation_split(prostate_data, tmp_path):
         msd_prostate.convert(prostate_data["task"], tmp_path / "out", n_sites=1, datalist_dir=tmp_path / "dl",
                              fractions=(0.8, 0.0, 0.2))
     assert not (tmp_path / "out").exists() and not (tmp_path / "dl").exists()
+
+
+def test_validate_finds_a_case_listed_by_two_sites(prostate_data, tmp_path):
+    dl = tmp_path / "dl"
+    msd_prostate.convert(prostate_data["task"], tmp_path / "data", n_sites=3, datalist_dir=dl)
+    one, two = (json.loads((dl / f"site-{k}.json").read_text()) for k in (1, 2))
+    two["testing"].append(one["training"][0])  # site-1's training case, also tested at site-2
+    (dl / "site-2.json").write_text(json.dumps(two))
+    with pytest.raises(DataValidationError, match=r"site-2.json testing\[\d\]: case .* is also in site-1.json:training"):
+        msd_prostate.validate(tmp_path / "data", dl)
