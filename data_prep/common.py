@@ -4,8 +4,10 @@ Every converter validates *all* of its input before it writes anything, and writ
 :func:`atomic_dir` / :func:`atomic_write_json`, so a failure never leaves a half-written site folder.
 
 A folder written by :func:`atomic_dir` with an ``owner`` holds a small marker file (:data:`OWNER_MARKER`) naming
-the tool that wrote it; such a folder is only ever replaced by the same tool, so a mistyped ``--out`` or
-``--datalist-dir`` cannot delete an input, a shared folder or another tool's output.
+the tool that wrote it (synthetic raw layouts, which must look exactly like the release, get it beside them);
+such a folder is only ever replaced by the same tool, so a mistyped ``--out`` or ``--datalist-dir`` cannot delete
+an input, a shared folder or another tool's output. Datalists are written as one such folder per data set, so a
+reconversion to fewer sites removes the stale ``site-N.json`` with it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ __all__ = [
     "UnsafeOutputError",
     "OWNER_MARKER",
     "atomic_dir",
+    "check_replaceable",
+    "clean_leftovers",
+    "read_owner",
+    "write_owner",
     "atomic_write_json",
     "check_inside_root",
     "check_same_grid",
@@ -61,6 +67,7 @@ class UnsafeOutputError(DataValidationError):
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this process counts as alive)."""
     if pid == os.getpid():
         return True
     try:
