@@ -188,5 +188,6 @@ def test_validate_finds_a_case_listed_by_two_sites(prostate_data, tmp_path):
     one, two = (json.loads((dl / f"site-{k}.json").read_text()) for k in (1, 2))
     two["testing"].append(one["training"][0])  # site-1's training case, also tested at site-2
     (dl / "site-2.json").write_text(json.dumps(two))
-    with pytest.raises(DataValidationError, match=r"site-2.json testing\[\d\]: case .* is also in site-1.json:training"):
+    leak = r"site-2.json testing\[\d\]: case .* is also in site-1.json:training"
+    with pytest.raises(DataValidationError, match=leak):
         msd_prostate.validate(tmp_path / "data", dl)
