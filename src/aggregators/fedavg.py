@@ -125,6 +125,7 @@ class FedAvgAggregator(_model_aggregator_base()):
 
     def aggregate_model(self):
         from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+        from nvflare.app_common.app_constant import AppConstants
 
         updates = self._majority_key_set()
         if not updates:
@@ -136,7 +137,12 @@ class FedAvgAggregator(_model_aggregator_base()):
         params = weighted_average([p for _, p, _, _ in updates], weights)
         metrics = _weighted_metrics([m for *_, m in updates], weights)
         meta = {"nr_aggregated": len(updates), "aggregated_sites": [s for s, *_ in updates],
-                "dropped_sites": dict(self._dropped), METRICS_AGGREGATION_INFO: _site_records(updates, self.weight_key)}
+                "dropped_sites": dict(self._dropped),
+                # NVFlare's round_metrics.jsonl then keeps each site's reported metrics, as with its own FedAvg
+                AppConstants.METRICS_AGGREGATION_INFO: {
+                    "metric_source": "client_reported_flmodel_metrics", "use_contribution_sites": True,
+                    "aggregation": {"method": "weighted_average", "weight_key": self.weight_key},
+                }}
         self.reset_stats()
         return FLModel(params=params, params_type=ParamsType.FULL, metrics=metrics or None, meta=meta)
 
@@ -177,18 +183,6 @@ class FedAvgAggregator(_model_aggregator_base()):
 
     def _dropped_text(self) -> str:
         return "; dropped: " + "; ".join(f"{s}: {r}" for s, r in self._dropped) if self._dropped else ""
-
-
-#: FLModel meta key NVFlare's MetricsArtifactWriter reads per-site metrics from (AppConstants.METRICS_AGGREGATION_INFO)
-METRICS_AGGREGATION_INFO = "metrics_aggregation_info"
-
-
-def _site_records(updates, weight_key: str) -> dict:
-    """Each site's reported metrics, so ``metrics/round_metrics.jsonl`` lists them (NVFlare only fills them itself
-    for its built-in aggregation)."""
-    sites = [{"name": site, "metrics": {k: float(v) for k, v in metrics.items() if _is_number(v)},
-              "weight": weight, "weight_key": weight_key} for site, _, weight, metrics in updates]
-    return {"sites": sites}
 
 
 def _weighted_metrics(metrics: list[Mapping], weights: list[float]) -> dict[str, float]:
