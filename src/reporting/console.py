@@ -103,6 +103,8 @@ class RoundClock:
         self._done += 1
         if self._done > 1:
             self._later.append(round_seconds)
+        round_number = self._done - 1 if round_number is None else round_number  # a workflow that sets no round
+        num_rounds = num_rounds or round_number + 1
         left = max(0, num_rounds - (round_number + 1))
         per_round = sum(self._later) / len(self._later) if self._later else round_seconds
         eta = per_round * left

@@ -69,3 +69,8 @@ def test_eta_leaves_the_start_up_round_out_once_there_is_another():
     clock = RoundClock(clock=lambda: next(times))
     assert clock.round_done(0, 4, {}, n_sites=1).endswith("ETA 5:00")  # 100 s x 3 left: all it knows
     assert clock.round_done(1, 4, {}, n_sites=1).endswith("ETA 20 s")  # 10 s x 2 left
+
+
+def test_a_workflow_without_round_numbers_still_gets_a_line():
+    clock = RoundClock(clock=iter([0.0, 1.0]).__next__)
+    assert clock.round_done(None, None, None).startswith("round 1/1  server  0 sites")
