@@ -9,14 +9,16 @@ Two entry points:
   reference's range (so level 5 is as strong as the strongest ACDC-C draw); for a fixed seed the artefact grows with
   severity (the seed fixes the random draws, the severity scales them).
 
-| kind           | implementation                                   | severity 1 -> 5                 | ACDC-C draw (reference)      |
-|----------------|--------------------------------------------------|---------------------------------|------------------------------|
-| `bias_field`   | MONAI `RandBiasField`, degree 3, coeffs U(-c, c) | c = 0.1 ... 0.5                 | c = 0.5 (TorchIO, order 3)   |
-| `spike`        | MONAI `KSpaceSpikeNoise` at a seeded location    | r x max k-space magnitude, r = 0.6 ... 3 | 1 spike, r ~ U(1, 3) |
-| `ghosting`     | own k-space code (TorchIO model)                 | line attenuation 0.5 ... 1.0    | a ~ U(0.5, 1), n ~ U{4..10}  |
-| `motion`       | own k-space code (TorchIO model)                 | max rotation 6 ... 30 deg, shift 2 ... 10 mm | rot U(-30, 30) deg, shift U(-10, 10) mm, 2 poses |
-| `gibbs`        | MONAI `GibbsNoise`                               | alpha = 0.4 ... 0.8 (no randomness: seed unused)| - |
-| `rician_noise` | MONAI `RandRicianNoise`, fixed std               | std = 0.02 ... 0.10 x image max | -                            |
+Per kind: implementation; severity ladder 1 -> 5; ACDC-C draw (the reference's TorchIO arguments):
+
+- `bias_field`: MONAI `RandBiasField`, degree 3, coefficients U(-c, c); c = 0.1 ... 0.5; ACDC-C c = 0.5 (order 3);
+- `spike`: MONAI `KSpaceSpikeNoise` at a seeded off-centre location, r x max |k|; r = 0.6 ... 3; ACDC-C one spike,
+  r ~ U(1, 3);
+- `ghosting`: own k-space code (TorchIO model), line attenuation a = 0.5 ... 1.0; ACDC-C a ~ U(0.5, 1), n ~ U{4..10};
+- `motion`: own k-space code (TorchIO model), 2 poses, max rotation 6 ... 30 deg and shift 2 ... 10 mm; ACDC-C
+  rotation U(-30, 30) deg, shift U(-10, 10) mm;
+- `gibbs`: MONAI `GibbsNoise`, alpha = 0.4 ... 0.8 (no randomness: seed unused); not in ACDC-C;
+- `rician_noise`: MONAI `RandRicianNoise`, std = 0.02 ... 0.10 x image max; not in ACDC-C.
 
 The magnitudes are the reference generator's (an earlier version of this module was milder: motion up to 10 deg /
 10 px, spikes 0.1-0.75 x the spectrum maximum, ghosting 0.2-0.9). Millimetres become pixels through ``spacing_mm``

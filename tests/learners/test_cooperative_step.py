@@ -161,8 +161,8 @@ def test_all_frozen_bn_mode_keeps_running_stats_equal_to_the_standard_step():
     nets = {}
     for latent_da in (False, True):
         net = _net()
-        cooperative_step(net, build_optimizer(net), image, label,
-                         CooperativeConfig(latent_da=latent_da, hard_example_bn="all"), torch.Generator().manual_seed(0))
+        cfg = CooperativeConfig(latent_da=latent_da, hard_example_bn="all")
+        cooperative_step(net, build_optimizer(net), image, label, cfg, torch.Generator().manual_seed(0))
         nets[latent_da] = net
     standard, cooperative = _buffers(nets[False]), _buffers(nets[True])
     for key in standard:
