@@ -27,6 +27,7 @@ __all__ = ["ACDC_SITE", "combine", "pool", "main"]
 
 ACDC_SITE = "acdc"
 SPLITS = ("training", "validation", "testing")
+POOLED_FIELDS = ("image", "label", "subject", "phase")
 
 
 def _read(path: Path) -> dict:
@@ -81,12 +82,14 @@ def combine(data_root, acdc_root, acdc_datalist, mnms_root, mnms_datalist_dir, o
 
 
 def pool(datalist_dir, sites: list[str], out_path) -> Path:
-    """One datalist holding every split of ``sites`` (centralised training on the same data)."""
+    """One datalist holding every split of ``sites`` (centralised training on the same data); entries keep
+    ``POOLED_FIELDS`` and gain ``site``."""
     lists = {split: [] for split in SPLITS}
     for site in sites:
         payload = _read(Path(datalist_dir) / f"{site}.json")
         for split in SPLITS:
-            lists[split] += [{**it, "site": site} for it in payload.get(split, [])]
+            # only the fields every site has: the data loader collates entries of different sites together
+            lists[split] += [{**{k: it[k] for k in POOLED_FIELDS}, "site": site} for it in payload.get(split, [])]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({"description": f"pooled {sites}", **lists}, indent=2))

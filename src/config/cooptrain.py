@@ -28,6 +28,8 @@ class CoopTrainConfig(LearnerConfig):
             on the site) or ``share-anatomy`` (the image decoder, i.e. the site's appearance, stays on the site;
             encoder, code filter, segmentation decoder and STN are averaged).
         latent_da: cooperative training with hard examples (True) or the standard step of the same networks.
+        cooperative: False trains only the segmentation path (encoder, code filter, segmentation decoder) with
+            cross-entropy and predicts without the STN: plain "standard training" (needs ``latent_da=False``).
         hard_example_bn: BN on the hard-example passes (``"reference"``: frozen in all parts but the image decoder).
         lr: Adam learning rate (1e-4, the reference's; no schedule).
         batch_size: volumes per batch; each gives ``slices_per_volume`` random slices, and the step trains on
@@ -48,6 +50,7 @@ class CoopTrainConfig(LearnerConfig):
     datalist_dir: str = "datalists/cooptrain"
     algorithm: str = "fedavg"
     latent_da: bool = True
+    cooperative: bool = True
     hard_example_bn: str = "reference"
     lr: float = 1e-4
     batch_size: int = 5
@@ -63,6 +66,8 @@ class CoopTrainConfig(LearnerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.latent_da and not self.cooperative:
+            raise ValueError("latent_da=True needs cooperative=True (hard examples come from the dual network)")
         if self.hard_example_bn not in HARD_EXAMPLE_BN:
             raise ValueError(f"hard_example_bn must be one of {HARD_EXAMPLE_BN}, got {self.hard_example_bn!r}")
         if self.crop_size < 16 or self.crop_size % 16:

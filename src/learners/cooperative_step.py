@@ -72,6 +72,9 @@ class CooperativeConfig:
 
     Args:
         latent_da: add hard examples (cooperative training); False gives the standard step of the same networks.
+        cooperative: the dual network's four standard terms (True) or only the segmentation term
+            ``CE(D_s(z_s(x~)), y)`` (False: plain training of the segmentation path, image decoder and STN unused;
+            the benchmark's "standard" baseline; needs ``latent_da=False``).
         input_noise_std: std of the Gaussian noise on the FTN input (0.05).
         clamp_noisy_input: clamp the noisy input to [0, 1] (the reference and the digest do).
         image_loss_weight: weight of the image reconstruction MSE (0.5).
@@ -85,6 +88,7 @@ class CooperativeConfig:
     """
 
     latent_da: bool = True
+    cooperative: bool = True
     input_noise_std: float = 0.05
     clamp_noisy_input: bool = True
     image_loss_weight: float = 0.5
@@ -101,6 +105,8 @@ class CooperativeConfig:
         for name in ("image_code_scheme", "shape_code_scheme"):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+        if self.latent_da and not self.cooperative:
+            raise ValueError("latent_da=True needs cooperative=True (hard examples come from the dual network)")
         if self.hard_example_bn not in HARD_EXAMPLE_BN:
             raise ValueError(f"hard_example_bn must be one of {HARD_EXAMPLE_BN}, got {self.hard_example_bn!r}")
         for name in ("input_noise_std", "image_loss_weight"):
@@ -243,7 +249,10 @@ def cooperative_step(
     optimizer.zero_grad(set_to_none=True)
 
     noisy = add_input_noise(image, config.input_noise_std, config.clamp_noisy_input, generator)
-    std_terms, z_i, z_s = standard_losses(model, image, noisy, label, config)
+    if config.cooperative:
+        std_terms, z_i, z_s = standard_losses(model, image, noisy, label, config)
+    else:
+        std_terms = {"seg": F.cross_entropy(model(noisy), label)}
     total = sum(std_terms.values())
     report: dict[str, float | str] = {f"standard/{k}": float(v.detach()) for k, v in std_terms.items()}
 

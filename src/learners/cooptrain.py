@@ -19,7 +19,8 @@ Decided for the federated setting (the reference is centralised):
 - **Hard-example BN** is frozen as the reference does (``hard_example_bn="reference"``): encoder, code filter,
   segmentation decoder and STN neither track statistics nor train BN affine parameters on hard examples; only the
   image decoder's pass on them does. So the averaged running statistics of those parts describe real images.
-- **Inference** uses the STN refinement, as the reference: prediction = argmax STN(softmax(FTN(x) / 2)).
+- **Inference** uses the STN refinement, as the reference: prediction = argmax STN(softmax(FTN(x) / 2))
+  (``cooperative=False``, plain training of the segmentation path, predicts argmax FTN(x)).
 
 Data: converted ACDC / M&Ms frames (``data_prep.acdc``, ``data_prep.mnms``; datalists combined by
 ``data_prep.cooptrain``). Training: random short-axis slices of each volume (``slices_per_volume``), zero-padded to
@@ -108,8 +109,8 @@ class CoopTrainLearner(FederatedLearner):
         # before the base init: restore() may fill them
         self.generator = torch.Generator().manual_seed(site_seed(config.seed, site) ^ 0x5EED)
         self._volumes: dict[str, tuple] = {}
-        self.step_config = CooperativeConfig(latent_da=config.latent_da, hard_example_bn=config.hard_example_bn,
-                                             learning_rate=config.lr)
+        self.step_config = CooperativeConfig(latent_da=config.latent_da, cooperative=config.cooperative,
+                                             hard_example_bn=config.hard_example_bn, learning_rate=config.lr)
         super().__init__(site, config, output_dir, device)
 
     # ---- model, data, loss ---------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ class CoopTrainLearner(FederatedLearner):
                 volume, label, spacing = self._volume(item)
                 if corruption is not None:
                     volume = _rescale_slices(torch.as_tensor(corruption(volume.clone())))
-                pred = predict_volume(self.model, volume, self.config.eval_batch_size)
+                pred = predict_volume(self.model, volume, self.config.eval_batch_size, refine=self.config.cooperative)
                 rows.append({"subject": str(item.get("subject", "")), "phase": str(item.get("phase", "")),
                              **volume_scores(pred, label.numpy(), spacing)})
             return rows
