@@ -56,6 +56,7 @@ TRAIN_SITES = ("acdc", "vendor-A", "vendor-B")
 HELD_OUT = "vendor-C"
 METRICS = ("dice", "dice_lv", "dice_myo", "dice_rv", "hd95")
 REALISATIONS = (0, 1, 2)
+CSV_COLUMNS = ("algorithm", "site", "method", "seed", "metric", "value")
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,8 @@ class Scale:
     mnms_per_vendor: int = 8
     slices: int = 4
     train_subjects: int = 3
-    rounds: int = 4
-    local_epochs: int = 2
+    rounds: int = 3
+    local_epochs: int = 1
     crop_size: int = 64
     pad_size: int = 80
     base_channels: int = 8
@@ -224,6 +225,7 @@ def run(out: Path, seeds, scale: Scale, settings=SETTINGS, methods=tuple(METHODS
                 for site, metrics in scores.items():
                     rows += [{"algorithm": "cooptrain", "site": site, "method": name, "seed": seed, "metric": m,
                               "value": v} for m, v in metrics.items()]
+                _write_csv(out / "cooptrain_compare.partial.csv", rows)  # what is done so far survives an abort
                 print(f"[{name} seed {seed}] {time.perf_counter() - start:.0f} s: clean Dice "
                       f"{scores['acdc']['dice']:.3f}, held-out {scores[HELD_OUT]['dice']:.3f}", flush=True)
     return rows
@@ -324,12 +326,16 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(out: Path, rows: list[dict], meta: dict) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "cooptrain_compare.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["algorithm", "site", "method", "seed", "metric", "value"])
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_outputs(out: Path, rows: list[dict], meta: dict) -> dict:
+    _write_csv(out / "cooptrain_compare.csv", rows)
     summary = summarise(rows)
     lines = verdicts(rows)
     (out / "cooptrain_compare.json").write_text(json.dumps({"meta": meta, "summary": summary, "claim": lines},
