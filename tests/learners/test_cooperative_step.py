@@ -219,3 +219,19 @@ def test_bad_inputs():
         CooperativeConfig(max_mask_fraction=2)
     with pytest.raises(ValueError, match="learning_rate must be > 0, got 0"):
         CooperativeConfig(learning_rate=0)
+
+
+def test_plain_training_uses_only_the_segmentation_path():
+    net = _net()
+    before = copy.deepcopy(net.state_dict())
+    image, label = _batch()
+    cfg = CooperativeConfig(latent_da=False, cooperative=False)
+    report = cooperative_step(net, build_optimizer(net), image, label, cfg, torch.Generator().manual_seed(0))
+    assert {k for k in report if k.startswith(("standard/", "hard/"))} == {"standard/seg"}
+    after = net.state_dict()
+    for part in ("image_decoder", "stn"):  # unused: no gradient, so Adam leaves them exactly as they were
+        assert all(torch.equal(before[k], after[k]) for k in after if k.startswith(part + ".")
+                   and "running" not in k and "num_batches" not in k), part
+    assert not torch.equal(before["encoder.input_block.0.weight"], after["encoder.input_block.0.weight"])
+    with pytest.raises(ValueError, match="latent_da=True needs cooperative=True"):
+        CooperativeConfig(cooperative=False)
