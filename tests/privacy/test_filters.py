@@ -1,0 +1,118 @@
+"""Privacy filters (--privacy): options, the filter in the exported client config, and one short simulator run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from src.privacy.filters import PrivacySettings, build_filter
+
+
+def _export(tmp_path, job="prostate_fedavg", *extra):
+    import importlib
+
+    from jobs.common import execute
+
+    module = importlib.import_module(f"jobs.{job}")
+    out = tmp_path / "job"
+    args = module.parse_args(["--env", "export", "--export-dir", str(out), "--n-clients", "2", *extra])
+    execute(module.build_recipe(args), args)
+    client = json.loads((out / "app" / "config" / "config_fed_client.json").read_text())
+    return client
+
+
+def _output_filters(client: dict) -> list[dict]:
+    return [f for chain in client.get("task_result_filters", []) for f in chain["filters"]]
+
+
+def _transfer_type(client: dict) -> str:
+    # NVFlare writes only non-default arguments: absent means its default, FULL
+    return client["executors"][0]["executor"]["args"].get("params_transfer_type", "FULL")
+
+
+def test_no_filter_by_default_and_full_weights(tmp_path):
+    client = _export(tmp_path)
+    assert _output_filters(client) == [] and _transfer_type(client) == "FULL"
+
+
+@pytest.mark.parametrize("job", ["prostate_fedavg", "mednist_fedavg"])
+def test_percentile_lands_on_the_train_task_with_its_parameters_and_weight_diffs(tmp_path, job):
+    client = _export(tmp_path, job, "--privacy", "percentile", "--privacy-percentile", "25", "--privacy-gamma", "0.5")
+    [chain] = client["task_result_filters"]
+    assert chain["tasks"] == ["train"]
+    [flt] = chain["filters"]
+    assert flt["path"].endswith("PercentilePrivacy")
+    assert (flt["args"]["percentile"], flt["args"]["gamma"]) == (25.0, 0.5)
+    assert flt["args"]["data_kinds"] == ["WEIGHT_DIFF"]  # never thresholds full weights
+    assert _transfer_type(client) == "DIFF"
+
+
+def test_svt_and_exclude_land_with_their_parameters(tmp_path):
+    svt = _output_filters(_export(tmp_path / "a", "prostate_fedavg", "--privacy", "svt", "--svt-fraction", "0.3",
+                                  "--svt-epsilon", "2"))
+    assert svt[0]["path"].endswith("SVTPrivacy")
+    assert (svt[0]["args"]["fraction"], svt[0]["args"]["epsilon"]) == (0.3, 2.0)
+    client = _export(tmp_path / "b", "prostate_fedavg", "--privacy", "exclude", "--exclude-vars", r"^model\.0\.")
+    [flt] = _output_filters(client)
+    assert flt["path"].endswith("ExcludeVars")
+    names = flt["args"]["exclude_vars"]  # resolved to names: a compiled regex would export as an empty re.Pattern
+    assert names and all(n.startswith("model.0.") for n in names) and "model.0.conv.unit0.conv.weight" in names
+    assert _transfer_type(client) == "FULL"  # removing keys works on full weights
+
+
+def test_settings_reject_bad_values():
+    with pytest.raises(ValueError, match="'dp'"):
+        PrivacySettings(kind="dp")
+    with pytest.raises(ValueError, match="120"):
+        PrivacySettings(kind="percentile", percentile=120)
+    with pytest.raises(ValueError, match="exclude-vars"):
+        PrivacySettings(kind="exclude")
+    with pytest.raises(ValueError, match="'nomatch'"):
+        build_filter(PrivacySettings(kind="exclude", exclude_vars="nomatch"), ["a.weight", "b.bias"])
+    with pytest.raises(ValueError, match="svt_fraction"):
+        PrivacySettings(kind="svt", svt_fraction=0.0)
+
+
+def test_weight_diff_filters_are_refused_with_a_custom_aggregator(tmp_path):
+    from jobs.iopfl import build_recipe, parse_args
+
+    args = parse_args(["--env", "export", "--algorithm", "fedavg", "--privacy", "svt", "--n-clients", "2"])
+    with pytest.raises(ValueError, match="WeightedFedAvgAggregator"):
+        build_recipe(args)
+
+
+def _dxo(data: dict, steps: int = 1):
+    from nvflare.apis.dxo import DXO, DataKind, MetaKey
+
+    return DXO(data_kind=DataKind.WEIGHT_DIFF, data=data, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps})
+
+
+def test_percentile_filter_zeroes_small_differences_and_clips_large_ones():
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.shareable import Shareable
+
+    diff = {"w": np.array([-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0])}
+    out = build_filter(PrivacySettings(kind="percentile", percentile=50, gamma=3.0)).process_dxo(
+        _dxo(diff), Shareable(), FLContext())
+    # median |w| = 2: |w| < 2 is not shared, the rest is clipped to +-gamma
+    np.testing.assert_array_equal(out.data["w"], [-3.0, -3.0, -2.0, 0.0, 0.0, 0.0, 2.0, 3.0, 3.0])
+
+
+@pytest.mark.sim
+def test_simulator_run_with_percentile_filter_completes_and_learns(prostate_data, tmp_path):
+    from jobs.common import execute
+    from jobs.prostate_fedavg import build_recipe, parse_args
+    from src.reporting.summary import report
+
+    args = parse_args(["--n-clients", "2", "--num-rounds", "2", "--local-epochs", "1", "--tracking", "none",
+                       "--no-cross-site-eval", "--privacy", "percentile", "--privacy-percentile", "50",
+                       "--data-root", str(prostate_data["data_root"]),
+                       "--datalist-dir", str(prostate_data["datalist_dir"]), "--workspace", str(tmp_path / "ws")])
+    result = execute(build_recipe(args), args)
+    summary = report(result, "val_dice", quiet=True)
+    for site in ("site-1", "site-2"):
+        assert len(summary["rounds"][site]["val_dice"]) == 2
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "ws").rglob("log.txt"))
+    assert "cutoff" in logs  # PercentilePrivacy's own log line: the filter ran on the sites' updates
