@@ -3,8 +3,8 @@
 ``--privacy none|percentile|svt|exclude`` picks one; it runs on the site as an output filter of the ``train`` task,
 so the server (and anyone on the wire) only ever sees the filtered update. Percentile and SVT act on *weight
 differences* (they threshold and clip ``delta_w`` per local step; applied to full weights they would zero the
-model), so with them the sites send ``DIFF`` instead of ``FULL`` parameters and the server adds the averaged
-difference to the global model. What the filters do not cover: the ``submit_model`` task of cross-site evaluation
+model), so they run on the difference between the site's weights and the global model it received
+(:mod:`src.privacy.weight_diff`). What the filters do not cover: the ``submit_model`` task of cross-site evaluation
 ships each site's best *local* model unfiltered at the end (``--no-cross-site-eval`` when that matters).
 """
 
@@ -139,10 +139,11 @@ def excluded_names(pattern: str, param_names: list[str] | None) -> list[str]:
 
 
 def add_privacy_filter(recipe, args: argparse.Namespace) -> PrivacySettings:
-    """Add the ``--privacy`` filter to ``recipe`` as a client output filter of the train task.
+    """Add the ``--privacy`` filter to ``recipe``: a client output filter of the train task.
 
-    Percentile and SVT switch the sites to sending weight differences; that needs a recipe with NVFlare's own
-    aggregation (a custom aggregator may assume full weights), so such recipes are refused with their aggregator.
+    Percentile and SVT act on weight differences: they run inside :class:`~src.privacy.weight_diff.FilterWeightDiff`
+    (with :class:`~src.privacy.weight_diff.RememberGlobalModel` on the incoming task), so sites keep sending full
+    weights and every aggregator works unchanged.
     """
     settings = settings_from_args(args)
     model = getattr(recipe, "model", None)
@@ -150,33 +151,9 @@ def add_privacy_filter(recipe, args: argparse.Namespace) -> PrivacySettings:
     if flt is None:
         return settings
     if settings.needs_weight_diff:
-        from nvflare.client.config import TransferType
+        from src.privacy.weight_diff import FilterWeightDiff, RememberGlobalModel
 
-        aggregator = getattr(recipe, "aggregator", None)
-        if not hasattr(recipe, "params_transfer_type") or aggregator is not None:
-            raise ValueError(f"--privacy {settings.kind} needs sites to send weight differences, which needs a "
-                             f"FedAvg recipe with NVFlare's aggregation; {type(recipe).__name__} uses aggregator "
-                             f"{type(aggregator).__name__ if aggregator is not None else None!r}")
-        _send_weight_diffs(recipe, TransferType.DIFF)
+        recipe.add_client_input_filter(RememberGlobalModel(key=settings.kind), tasks=list(FILTERED_TASKS))
+        flt = FilterWeightDiff(inner=flt, key=settings.kind)
     recipe.add_client_output_filter(flt, tasks=list(FILTERED_TASKS))
     return settings
-
-
-def _send_weight_diffs(recipe, diff) -> None:
-    """Make every site's Client API executor send ``diff`` (weight differences) instead of full weights.
-
-    The recipe reads ``params_transfer_type`` when it builds its client apps, which happens on the first client-side
-    addition (staging the project code does it), so executors built already are switched too; NVFlare exports an
-    executor's arguments from its attributes, which the export-and-inspect test checks.
-    """
-    recipe.params_transfer_type = diff
-    job = getattr(recipe, "_job", None) or getattr(recipe, "job", None)
-    switched = 0
-    for app in getattr(job, "_deploy_map", {}).values():
-        for ex_def in getattr(getattr(app, "app_config", None), "executors", []):
-            executor = ex_def.executor
-            if hasattr(executor, "_params_transfer_type"):
-                executor._params_transfer_type = diff
-                switched += 1
-    if not switched and getattr(recipe, "_client_apps_prepared", False):
-        raise ValueError(f"no Client API executor found in {type(recipe).__name__} to switch to weight differences")

@@ -38,22 +38,26 @@ def test_no_filter_by_default_and_full_weights(tmp_path):
 
 
 @pytest.mark.parametrize("job", ["prostate_fedavg", "mednist_fedavg"])
-def test_percentile_lands_on_the_train_task_with_its_parameters_and_weight_diffs(tmp_path, job):
+def test_percentile_lands_on_the_train_task_on_weight_differences(tmp_path, job):
     client = _export(tmp_path, job, "--privacy", "percentile", "--privacy-percentile", "25", "--privacy-gamma", "0.5")
     [chain] = client["task_result_filters"]
     assert chain["tasks"] == ["train"]
     [flt] = chain["filters"]
-    assert flt["path"].endswith("PercentilePrivacy")
-    assert (flt["args"]["percentile"], flt["args"]["gamma"]) == (25.0, 0.5)
-    assert flt["args"]["data_kinds"] == ["WEIGHT_DIFF"]  # never thresholds full weights
-    assert _transfer_type(client) == "DIFF"
+    assert flt["path"] == "src.privacy.weight_diff.FilterWeightDiff"  # staged in custom/src (BYOC)
+    inner = flt["args"]["inner"]
+    assert inner["path"].endswith("PercentilePrivacy")
+    assert (inner["args"]["percentile"], inner["args"]["gamma"]) == (25.0, 0.5)
+    assert inner["args"]["data_kinds"] == ["WEIGHT_DIFF"]  # never thresholds full weights
+    [incoming] = client["task_data_filters"]
+    assert incoming["tasks"] == ["train"] and incoming["filters"][0]["path"].endswith("RememberGlobalModel")
+    assert _transfer_type(client) == "FULL"  # the site still sends global + filtered difference
 
 
 def test_svt_and_exclude_land_with_their_parameters(tmp_path):
     svt = _output_filters(_export(tmp_path / "a", "prostate_fedavg", "--privacy", "svt", "--svt-fraction", "0.3",
-                                  "--svt-epsilon", "2"))
-    assert svt[0]["path"].endswith("SVTPrivacy")
-    assert (svt[0]["args"]["fraction"], svt[0]["args"]["epsilon"]) == (0.3, 2.0)
+                                  "--svt-epsilon", "2"))[0]["args"]["inner"]
+    assert svt["path"].endswith("SVTPrivacy")
+    assert (svt["args"]["fraction"], svt["args"]["epsilon"]) == (0.3, 2.0)
     client = _export(tmp_path / "b", "prostate_fedavg", "--privacy", "exclude", "--exclude-vars", r"^model\.0\.")
     [flt] = _output_filters(client)
     assert flt["path"].endswith("ExcludeVars")
@@ -75,12 +79,27 @@ def test_settings_reject_bad_values():
         PrivacySettings(kind="svt", svt_fraction=0.0)
 
 
-def test_weight_diff_filters_are_refused_with_a_custom_aggregator(tmp_path):
-    from jobs.iopfl import build_recipe, parse_args
+def test_weight_diff_filter_sends_global_plus_filtered_difference():
+    from nvflare.apis.dxo import DXO, DataKind
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.shareable import Shareable
 
-    args = parse_args(["--env", "export", "--algorithm", "fedavg", "--privacy", "svt", "--n-clients", "2"])
-    with pytest.raises(ValueError, match="WeightedFedAvgAggregator"):
-        build_recipe(args)
+    from src.privacy.weight_diff import FilterWeightDiff, RememberGlobalModel
+
+    ctx = FLContext()
+    received = {"w": np.full(9, 10.0, np.float32), "n": np.array(4, np.int64)}
+    RememberGlobalModel(key="t").process_dxo(DXO(DataKind.WEIGHTS, dict(received)), Shareable(), ctx)
+    local = {"w": received["w"] + np.array([-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0], np.float32),
+             "n": np.array(4, np.int64)}  # unchanged: 0 joins the percentile computation
+    inner = build_filter(PrivacySettings(kind="percentile", percentile=50, gamma=3.0))
+    out = FilterWeightDiff(inner, key="t").process_dxo(DXO(DataKind.WEIGHTS, local), Shareable(), ctx).data
+    np.testing.assert_array_equal(out["w"], 10.0 + np.array([-3.0, -3.0, -2.0, 0.0, 0.0, 0.0, 2.0, 3.0, 3.0]))
+    assert out["w"].dtype == np.float32 and out["n"].dtype == np.int64
+    with pytest.raises(KeyError, match="'extra'"):
+        FilterWeightDiff(inner, key="t").process_dxo(DXO(DataKind.WEIGHTS, {**local, "extra": np.ones(2)}),
+                                                     Shareable(), ctx)
+    with pytest.raises(RuntimeError, match="no global model remembered"):
+        FilterWeightDiff(inner, key="other").process_dxo(DXO(DataKind.WEIGHTS, local), Shareable(), ctx)
 
 
 def _dxo(data: dict, steps: int = 1):
