@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,7 +121,7 @@ def test_percentile_filter_zeroes_small_differences_and_clips_large_ones():
 
 
 @pytest.mark.sim
-def test_simulator_run_with_percentile_filter_completes_and_learns(prostate_data, tmp_path):
+def test_simulator_run_with_percentile_filter_completes_and_moves_the_global_model(prostate_data, tmp_path):
     from jobs.common import execute
     from jobs.prostate_fedavg import build_recipe, parse_args
     from src.reporting.summary import report
@@ -135,3 +136,14 @@ def test_simulator_run_with_percentile_filter_completes_and_learns(prostate_data
         assert len(summary["rounds"][site]["val_dice"]) == 2
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "ws").rglob("log.txt"))
     assert "cutoff" in logs  # PercentilePrivacy's own log line: the filter ran on the sites' updates
+    import torch
+
+    from jobs.common import INITIAL_MODELS, ROOT
+
+    initial = torch.load(ROOT / INITIAL_MODELS / "prostate_fedavg_seed0_initial.pt", weights_only=True)
+    final = torch.load(Path(summary["server_dir"]) / "app_server" / "FL_global_model.pt", weights_only=False)
+    final = final.get("model", final)
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in final.values())
+    # global + mean of the filtered differences: the model moved, but by at most gamma per local step
+    moved = [k for k, v in initial.items() if v.is_floating_point() and not torch.equal(torch.as_tensor(final[k]), v)]
+    assert moved
