@@ -18,7 +18,6 @@ numbers as "what the filters change", measured on synthetic data on CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -161,10 +160,11 @@ def run(opts) -> list[dict]:
               f"non-zero shared {np.mean(fractions):.1%}", flush=True)
     meta = {"n_images": opts.n_images, "steps": opts.steps, "lr": opts.lr, "seed": opts.seed,
             "model": "LeNet-like sigmoid CNN, 64x64x1", "data": "synthetic MedNIST (data_prep.synthetic.mednist)"}
-    (out / "gradient_leakage.json").write_text(json.dumps({"settings": meta, "rows": rows}, indent=2))
-    (out / "gradient_leakage.md").write_text(markdown(rows, meta))
+    from benchmarks._report import machine, write_report
+
     _plot(out / "gradient_leakage.png", data, recon_images)
-    print(markdown(rows, meta))
+    write_report({"settings": meta, "machine": machine(), "rows": rows}, out / "gradient_leakage.json",
+                 markdown(rows, meta), out / "gradient_leakage.md")
     return rows
 
 

@@ -13,7 +13,6 @@ encoding would carry). On synthetic data: shows the trade-off, not clinical perf
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -117,9 +116,10 @@ def run(opts) -> list[dict]:
               f"non-zero {nonzero:.3f}", flush=True)
     meta = {"rounds": opts.rounds, "local_epochs": opts.epochs, "seed": opts.seed, "sites": 3,
             "data": "synthetic MSD prostate (18 cases, 3 scanners)", "update_steps": steps}
-    (out / "privacy_filters.json").write_text(json.dumps({"settings": meta, "rows": rows}, indent=2))
-    (out / "privacy_filters.md").write_text(markdown(rows, meta))
-    print(markdown(rows, meta))
+    from benchmarks._report import machine, write_report
+
+    write_report({"settings": meta, "machine": machine(), "rows": rows}, out / "privacy_filters.json",
+                 markdown(rows, meta), out / "privacy_filters.md")
     return rows
 
 
