@@ -1,11 +1,11 @@
 """Privacy filters on what a site sends: NVFlare's PercentilePrivacy, SVTPrivacy and ExcludeVars, per job.
 
-``--privacy none|percentile|svt|exclude`` picks one; it runs on the site as an output filter of the ``train`` task,
-so the server (and anyone on the wire) only ever sees the filtered update. Percentile and SVT act on *weight
+``--privacy none|percentile|svt|exclude`` picks one; it runs on the site as an output filter of the ``train`` and
+``submit_model`` tasks (every model a site sends: each round's update and, for cross-site evaluation, its best local
+model), so the server and anyone on the wire only ever see filtered models. Percentile and SVT act on *weight
 differences* (they threshold and clip ``delta_w`` per local step; applied to full weights they would zero the
-model), so they run on the difference between the site's weights and the global model it received
-(:mod:`src.privacy.weight_diff`). What the filters do not cover: the ``submit_model`` task of cross-site evaluation
-ships each site's best *local* model unfiltered at the end (``--no-cross-site-eval`` when that matters).
+model), so they run on the difference between the site's weights and the last global model it received
+(:mod:`src.privacy.weight_diff`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ __all__ = ["PRIVACY_CHOICES", "PrivacySettings", "add_privacy_filter", "add_priv
            "settings_from_args"]
 
 PRIVACY_CHOICES = ("none", "percentile", "svt", "exclude")
-#: tasks whose results are filtered (the model update of every round)
-FILTERED_TASKS = ("train",)
+#: tasks whose results are filtered: every model a site sends. The same task set as the personal-key ExcludeVars of
+#: jobs/common.py, because NVFlare refuses filter chains whose task sets overlap without being equal.
+FILTERED_TASKS = ("train", "submit_model")
+#: tasks whose incoming global model FilterWeightDiff differences against
+RECEIVED_TASKS = ("train",)
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ def excluded_names(pattern: str, param_names: list[str] | None) -> list[str]:
 
 
 def add_privacy_filter(recipe, args: argparse.Namespace) -> PrivacySettings:
-    """Add the ``--privacy`` filter to ``recipe``: a client output filter of the train task.
+    """Add the ``--privacy`` filter to ``recipe``: a client output filter of every model a site sends.
 
     Percentile and SVT act on weight differences: they run inside :class:`~src.privacy.weight_diff.FilterWeightDiff`
     (with :class:`~src.privacy.weight_diff.RememberGlobalModel` on the incoming task), so sites keep sending full
@@ -153,7 +156,7 @@ def add_privacy_filter(recipe, args: argparse.Namespace) -> PrivacySettings:
     if settings.needs_weight_diff:
         from src.privacy.weight_diff import FilterWeightDiff, RememberGlobalModel
 
-        recipe.add_client_input_filter(RememberGlobalModel(key=settings.kind), tasks=list(FILTERED_TASKS))
+        recipe.add_client_input_filter(RememberGlobalModel(key=settings.kind), tasks=list(RECEIVED_TASKS))
         flt = FilterWeightDiff(inner=flt, key=settings.kind)
     recipe.add_client_output_filter(flt, tasks=list(FILTERED_TASKS))
     return settings

@@ -42,7 +42,7 @@ def test_no_filter_by_default_and_full_weights(tmp_path):
 def test_percentile_lands_on_the_train_task_on_weight_differences(tmp_path, job):
     client = _export(tmp_path, job, "--privacy", "percentile", "--privacy-percentile", "25", "--privacy-gamma", "0.5")
     [chain] = client["task_result_filters"]
-    assert chain["tasks"] == ["train"]
+    assert sorted(chain["tasks"]) == ["submit_model", "train"]  # every model a site sends
     [flt] = chain["filters"]
     assert flt["path"] == "src.privacy.weight_diff.FilterWeightDiff"  # staged in custom/src (BYOC)
     inner = flt["args"]["inner"]
@@ -127,13 +127,15 @@ def test_simulator_run_with_percentile_filter_completes_and_moves_the_global_mod
     from src.reporting.summary import report
 
     args = parse_args(["--n-clients", "2", "--num-rounds", "2", "--local-epochs", "1", "--tracking", "none",
-                       "--no-cross-site-eval", "--privacy", "percentile", "--privacy-percentile", "50",
+                       "--privacy", "percentile", "--privacy-percentile", "50",
                        "--data-root", str(prostate_data["data_root"]),
                        "--datalist-dir", str(prostate_data["datalist_dir"]), "--workspace", str(tmp_path / "ws")])
     result = execute(build_recipe(args), args)
     summary = report(result, "val_dice", quiet=True)
     for site in ("site-1", "site-2"):
         assert len(summary["rounds"][site]["val_dice"]) == 2
+        # cross-site evaluation ran on the sites' filtered best local models (submit_model passes the filter too)
+        assert {"site-1", "site-2"} <= set(summary["cross_site"][site])
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "ws").rglob("log.txt"))
     assert "cutoff" in logs  # PercentilePrivacy's own log line: the filter ran on the sites' updates
     import torch
@@ -147,3 +149,13 @@ def test_simulator_run_with_percentile_filter_completes_and_moves_the_global_mod
     # global + mean of the filtered differences: the model moved, but by at most gamma per local step
     moved = [k for k, v in initial.items() if v.is_floating_point() and not torch.equal(torch.as_tensor(final[k]), v)]
     assert moved
+
+
+def test_weight_diff_filters_work_beside_a_personalised_method(tmp_path):
+    # full weights out, so a custom aggregator (IOP-FL's, FedBN's personal-key exclusion) is unaffected
+    client = _export(tmp_path, "iopfl", "--algorithm", "fedbn", "--privacy", "svt")
+    [chain] = client["task_result_filters"]  # one chain: NVFlare refuses overlapping task sets
+    assert sorted(chain["tasks"]) == ["submit_model", "train"]
+    names = [f["path"].rsplit(".", 1)[-1] for f in chain["filters"]]
+    assert names == ["FilterWeightDiff", "ExcludeVars"]  # FedBN's norms still never leave
+    assert _transfer_type(client) == "FULL"
