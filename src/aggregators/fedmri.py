@@ -32,7 +32,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 
 from src.aggregators.controller import ControllerRecipe, FederatedFedAvg
 from src.aggregators.fedavg import FedAvgAggregator, _as_numpy, weighted_average
-from src.protocol import FEDMRI_RELAY_META, NUM_STEPS_KEY, pack_negatives
+from src.protocol import FEDMRI_RELAY_META, NUM_STEPS_KEY, PHASE_KEY, pack_negatives
 
 __all__ = ["EncoderAverageAggregator", "FedMRIFedAvg", "FedMRIRecipe", "NEGATIVES", "uniform_average"]
 
@@ -56,9 +56,12 @@ class EncoderAverageAggregator(FedAvgAggregator):
     def __init__(self, min_updates: int = 1):
         self.previous_updates: dict[str, dict] = {}
         self.previous_consent: dict[str, bool] = {}
+        self.received_keys: dict[str, set[str]] = {}  # every key each site ever sent (the traffic record)
         super().__init__(weight_key=NUM_STEPS_KEY, min_updates=min_updates)  # the weight is only checked
 
     def accept_model(self, model) -> None:
+        site = (model.meta or {}).get("client_name", "unknown site")
+        self.received_keys.setdefault(site, set()).update(model.params or {})
         before = len(self._updates)
         super().accept_model(model)
         if len(self._updates) > before:  # accepted: FedMRI weighs every site 1/N, whatever it claimed
@@ -69,14 +72,14 @@ class EncoderAverageAggregator(FedAvgAggregator):
     def reset_stats(self) -> None:
         super().reset_stats()
         self._consent: dict[str, bool] = {}
-        self._kept: list = []
 
     def _majority_key_set(self):
-        self._kept = super()._majority_key_set()
+        self._kept = super()._majority_key_set()  # not cleared by reset_stats: aggregate_model reads it after
         return self._kept
 
     def aggregate_model(self):
         consent = dict(self._consent)
+        self._kept = []
         result = super().aggregate_model()
         kept = self._kept
         result.meta["weights"] = "uniform"
@@ -102,6 +105,28 @@ class FedMRIFedAvg(FederatedFedAvg):
         self.shared_keys = list(shared_keys or [])
         self.negatives, self.relay_snapshots = negatives, relay_snapshots
         self.extras_bytes: list[int] = []  # per round: bytes of the extras sent to each site
+        self.model_bytes: list[int] = []  # per round: bytes of the model params sent to each site
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self._write_traffic()
+
+    def _write_traffic(self) -> None:
+        """``fedmri_traffic.json`` in the run folder: keys each site sent, bytes sent to each site per round."""
+        import json
+        from pathlib import Path
+
+        try:
+            run_dir = Path(self.engine.get_workspace().get_run_dir(self.fl_ctx.get_job_id()))
+        except Exception:
+            run_dir = Path.cwd()
+        received = {s: sorted(k) for s, k in getattr(self.aggregator, "received_keys", {}).items()}
+        out = {"negatives": self.negatives, "relay_snapshots": self.relay_snapshots, "shared_keys": self.shared_keys,
+               "received_keys": received, "model_bytes_per_round": self.model_bytes,
+               "extras_bytes_per_round": self.extras_bytes}
+        (run_dir / "fedmri_traffic.json").write_text(json.dumps(out, indent=2))
 
     def send_model(self, task_name: str = "train", data: FLModel = None, targets: list[str] | None = None,
                    min_responses: int = None, timeout: int = 0, callback=None) -> None:
@@ -110,7 +135,13 @@ class FedMRIFedAvg(FederatedFedAvg):
                            optimizer_params=None, metrics=data.metrics, start_round=data.start_round,
                            current_round=data.current_round, total_rounds=data.total_rounds,
                            meta=dict(data.meta or {}))
-        return super().send_model(task_name, data, targets, min_responses, timeout, callback)
+        training = data is not None and task_name == self.task_name and bool(data.params) and \
+            not (data.meta or {}).get(PHASE_KEY)
+        self._extras_nbytes = 0
+        super().send_model(task_name, data, targets, min_responses, timeout, callback)
+        if training:
+            self.model_bytes.append(sum(_nbytes(v) for v in data.params.values()))
+            self.extras_bytes.append(self._extras_nbytes)
 
     def round_extras(self, model: FLModel) -> dict:
         previous = getattr(self.aggregator, "previous_updates", {})
@@ -140,7 +171,7 @@ class FedMRIFedAvg(FederatedFedAvg):
             extras = pack_negatives("linear", distance=summary.distance.reshape(1).numpy(),
                                     sign_sum={k: v.numpy() for k, v in summary.sign_sum.items()},
                                     num_negatives=summary.num_negatives)
-        self.extras_bytes.append(sum(_nbytes(v) for v in extras.values()))
+        self._extras_nbytes = sum(_nbytes(v) for v in extras.values())
         return extras
 
     def _say(self, message: str) -> None:

@@ -46,4 +46,4 @@ def write_converted(root, sites=("site-1", "site-2"), volumes=3, slices=2, size=
 
 @pytest.fixture()
 def tiny_mri(tmp_path):
-    return write_converted(tmp_path / "fedmri", volumes=4, slices=2)
+    return write_converted(tmp_path / "mri_data", volumes=4, slices=2)
