@@ -71,7 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3, help="paper 1e-4; higher so that few rounds move the weights")
     p.add_argument("--beta", type=float, default=100.0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--data", type=Path, default=None, help="converted data folder (default: <out>/data, generated)")
+    p.add_argument("--data", type=Path, default=None, help="folder for the generated data (default: under --out)")
+    p.add_argument("--data-root", type=Path, default=None, help="use this converted data root instead of generating")
+    p.add_argument("--datalist-dir", type=Path, default=None, help="with --data-root: its datalists")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--quick", action="store_true", help="2 sites, 2 rounds, 1 epoch, seed 0, 32 px, 4 channels")
     args = p.parse_args(argv)
@@ -89,6 +91,8 @@ def prepare_data(args) -> tuple[Path, Path]:
     from data_prep import fedmri as convert_mod
     from data_prep.synthetic import fedmri as syn
 
+    if args.data_root is not None:
+        return args.data_root, args.datalist_dir or args.data_root.parent / "datalists"
     base = args.data or args.out / f"data_{args.sites}s_{args.size}px_{args.volumes}v_{args.slices}sl"
     data, datalists = base / "converted", base / "datalists"
     if (datalists / f"site-{args.sites}.json").is_file():

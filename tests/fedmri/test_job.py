@@ -69,6 +69,7 @@ def test_bad_input_fails_before_training_naming_the_file(tiny_mri):
         job.parse_args(_args(tiny_mri, "--mask", "site-1=spiral:4:0.08:1"))
 
 
+@pytest.mark.slow
 @pytest.mark.sim
 def test_two_round_simulator_run_sends_no_decoder_key(tiny_mri, tmp_path):
     from src.config.fedmri import FedMRIConfig
