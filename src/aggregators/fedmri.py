@@ -34,7 +34,8 @@ from src.aggregators.controller import ControllerRecipe, FederatedFedAvg
 from src.aggregators.fedavg import FedAvgAggregator, _as_numpy, weighted_average
 from src.protocol import FEDMRI_RELAY_META, NUM_STEPS_KEY, PHASE_KEY, pack_negatives
 
-__all__ = ["EncoderAverageAggregator", "FedMRIFedAvg", "FedMRIRecipe", "NEGATIVES", "uniform_average"]
+__all__ = ["EncoderAverageAggregator", "FedMRIFedAvg", "FedMRIRecipe", "NEGATIVES", "uniform_average",
+           "linear_negatives"]
 
 NEGATIVES = ("exact", "linear", "none")
 
@@ -160,17 +161,7 @@ class FedMRIFedAvg(FederatedFedAvg):
             self._say(f"relaying the pre-average encoder snapshots of {sites} to every site (opt-in of all)")
             extras = pack_negatives("exact", snapshots=[_as_array_like(s, model.params) for s in snapshots])
         else:
-            import torch
-
-            from src.losses.weighted_contrastive import summarize_negatives
-
-            keys = [k for k in snapshots[0]]
-            positive = {k: torch.as_tensor(_as_numpy(model.params[k])).double() for k in keys}
-            summary = summarize_negatives(
-                positive, [{k: torch.as_tensor(s[k]).double() for k in keys} for s in snapshots], keys)
-            extras = pack_negatives("linear", distance=summary.distance.reshape(1).numpy(),
-                                    sign_sum={k: v.numpy() for k, v in summary.sign_sum.items()},
-                                    num_negatives=summary.num_negatives)
+            extras = linear_negatives(model.params, snapshots)
         self._extras_nbytes = sum(_nbytes(v) for v in extras.values())
         return extras
 
@@ -179,6 +170,22 @@ class FedMRIFedAvg(FederatedFedAvg):
             self.warning(message)
         else:
             log.warning(message)
+
+
+def linear_negatives(global_params: Mapping, snapshots: list[Mapping]) -> dict:
+    """The linear variant's extras: the sign counts and L1 distance sum of ``snapshots`` around the new global
+    encoder (the keys of the snapshots), as :func:`src.protocol.pack_negatives` packs them."""
+    import torch
+
+    from src.losses.weighted_contrastive import summarize_negatives
+
+    keys = list(snapshots[0])
+    positive = {k: torch.as_tensor(_as_numpy(global_params[k])).double() for k in keys}
+    summary = summarize_negatives(
+        positive, [{k: torch.as_tensor(_as_numpy(s[k])).double() for k in keys} for s in snapshots], keys)
+    return pack_negatives("linear", distance=summary.distance.reshape(1).numpy(),
+                          sign_sum={k: v.numpy() for k, v in summary.sign_sum.items()},
+                          num_negatives=summary.num_negatives)
 
 
 def _select(params: Mapping, keys: list[str]) -> dict:
