@@ -52,9 +52,11 @@ from src.losses.tree_energy import multiscale_tree_energy_loss
 from src.models.unet_multihead import UNetLCMultiHead, fedicra_key_groups
 from src.personalisation.adaptive_mixing import AdaptiveDecoderMixing
 
-__all__ = ["FedICRALearner", "RandomRotFlip", "HEAD_PREFIX", "build_fedicra_model"]
+__all__ = ["FedICRALearner", "RandomRotFlip", "HEAD_PREFIX", "build_fedicra_model", "prepare_site_datalist"]
 
 log = logging.getLogger(__name__)
+# NVFlare's INFO root logger would print numba's compiler IR of the tree filter (megabytes per site)
+logging.getLogger("numba").setLevel(logging.WARNING)
 
 #: the FedRep head: the main output convolution
 HEAD_PREFIX = "decoder.out_conv."
@@ -93,6 +95,26 @@ class RandomRotFlip:
 def _to_tensors(data: dict) -> dict:
     return {**data, "image": torch.as_tensor(data["image"], dtype=torch.float32),
             "label": torch.as_tensor(data["label"], dtype=torch.int64)}
+
+
+def prepare_site_datalist(config: FedICRAConfig, site: str, datalist: Mapping[str, list[dict]] | None = None):
+    """Point ``site``'s training items at its label form, then check every item before any training: readable,
+    the form's sparse map present, channel count, image/label size, label values in {classes, ignore}.
+
+    ``datalist`` (absolute paths, changed in place) defaults to ``config``'s datalist of ``site``. Returns it.
+    Raises :class:`DataValidationError` naming the site, split, index and file.
+    """
+    if datalist is None:
+        from src.data.datalist import load_site_datalist
+
+        datalist = load_site_datalist(config.site_datalist(site), config.site_data_root())
+    form = config.label_form(site)
+    datalist["training"][:] = [with_label_form(item, form) for item in datalist["training"]]
+    for split, items in datalist.items():
+        for i, item in enumerate(items):
+            check_item(item, config.num_classes, config.in_channels, sparse=split == "training" and form != "mask",
+                       where=f"{site} {split}[{i}]")
+    return datalist
 
 
 class FedICRALearner(FederatedLearner):
@@ -139,16 +161,10 @@ class FedICRALearner(FederatedLearner):
         raise NotImplementedError("scored per image by score(): Dice and HD95 per structure")
 
     def check_data(self, datalist: Mapping[str, list[dict]]) -> None:
-        """Point the training items at this site's label form, then check every item (file named on error):
-        readable, the form's sparse map present, channels, image/label size, label values in {classes, ignore}."""
-        form = self.config.label_form(self.site)
-        datalist["training"][:] = [with_label_form(item, form) for item in datalist["training"]]
-        classes, channels = self.config.num_classes, self.config.in_channels
-        for split, items in datalist.items():
-            for i, item in enumerate(items):
-                check_item(item, classes, channels, sparse=split == "training" and form != "mask",
-                           where=f"{self.site} {split}[{i}]")
-        log.info(f"{self.site}: training label form {form!r}, site index {self.site_index}")
+        """:func:`prepare_site_datalist`: the site's label form, every item checked (file named on error)."""
+        prepare_site_datalist(self.config, self.site, datalist)
+        log.info(f"{self.site}: training label form {self.config.label_form(self.site)!r}, "
+                 f"site index {self.site_index}")
 
     def transforms(self, stage: str) -> Compose:
         steps = [load_item]
