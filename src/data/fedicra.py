@@ -123,7 +123,10 @@ def check_item(entry: Mapping, num_classes: int, in_channels: int, sparse: bool,
     or a sparse map without one annotated pixel."""
     if entry.get("format") == "png" and not Path(entry["label"]).is_file():
         raise DataValidationError(f"{where}: label {entry.get('label_key')!r}: {str(entry['label'])!r} is missing")
-    arrays = load_item(entry)
+    try:
+        arrays = load_item(entry)
+    except DataValidationError as e:
+        raise DataValidationError(f"{where}: {e}") from e
     image, label = arrays["image"], arrays["label"]
     if image.shape[0] != in_channels:
         raise DataValidationError(f"{where}: image {str(entry['image'])!r} has {image.shape[0]} channel(s), "
