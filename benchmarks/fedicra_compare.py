@@ -72,8 +72,13 @@ def _test_scores(learner, state: dict | None) -> list[dict]:
     return learner.image_scores("testing")
 
 
-def run_method(method: str, sites: list[str], base: dict, seed: int, rounds: int, out: Path) -> dict[str, list]:
-    """One method, one seed: ``{site: per-image test scores}`` of its validation-selected model(s)."""
+def run_method(method: str, sites: list[str], base: dict, seed: int, rounds: int, out: Path,
+               tracker=None) -> dict[str, list]:
+    """One method, one seed: ``{site: per-image test scores}`` of its validation-selected model(s).
+
+    ``tracker`` (TensorBoard, ``<out>/tb``) gets every site's round metrics under ``<method>/seed<seed>/<site>``
+    with the same metric names as the NVFlare job's dashboards.
+    """
     from src.learners.fedicra import FedICRALearner
 
     work = out / "models" / f"{method}_seed{seed}"
@@ -83,6 +88,9 @@ def run_method(method: str, sites: list[str], base: dict, seed: int, rounds: int
     global_state, best = None, (-np.inf, None)
     for r in range(1, rounds + 1):
         results = {s: lr.fit_round(global_state, r) for s, lr in learners.items()}
+        if tracker is not None:
+            for s, res in results.items():
+                tracker.log(f"{method}/seed{seed}/{s}", res.metrics, r)
         if global_state is not None and method in GLOBAL_METHODS:
             mean_val = float(np.mean([res.received_metrics["val_dice"] for res in results.values()]))
             if mean_val > best[0]:
@@ -234,12 +242,15 @@ def main(argv=None) -> dict:
             # but at least one round so that mixing starts in round 2; poly horizon = the run's iterations
             "mixing_warmup": settings["iterations"], "total_iterations": settings["rounds"] * settings["iterations"],
             "mixing_batches": 2, "mixing_max_first_epochs": 10, "num_threads": args.threads, "tracking": ()}
+    from benchmarks.iopfl_compare import Tracker
+
+    tracker = Tracker(out)
     rows, per_image, timing = [], {}, {}
     start = time.perf_counter()
     for seed in args.seeds:
         for method in args.methods:
             t0 = time.perf_counter()
-            scores = run_method(method, sites, base, seed, settings["rounds"], out)
+            scores = run_method(method, sites, base, seed, settings["rounds"], out, tracker)
             timing[f"{method}/seed{seed}"] = round(time.perf_counter() - t0, 1)
             per_image.setdefault(method, {})[str(seed)] = scores
             for site, images in scores.items():
