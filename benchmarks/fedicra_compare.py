@@ -269,7 +269,9 @@ def main(argv=None) -> dict:
             f"per site {train_counts} / {test_counts}, sparse forms {forms} (paper's table), {settings['rounds']} "
             f"rounds x {settings['iterations']} iterations, batch {settings['batch']}, seeds {args.seeds}. "
             f"Wall time {seconds:.0f} s on a shared, loaded 2-core CPU ({args.threads} torch thread).")
-    meta = {"settings": settings, "seeds": args.seeds, "sites": sites, "label_forms": forms,
+    from benchmarks._report import machine
+
+    meta = {"machine": machine(), "settings": settings, "seeds": args.seeds, "sites": sites, "label_forms": forms,
             "train_images": train_counts, "test_images": test_counts, "seconds": round(seconds, 1),
             "timing": timing, "note": note}
     stem = out / f"fedicra_compare_{args.task}"
