@@ -103,8 +103,24 @@ def find_cases(raw_dir: str | Path, sites: tuple[str, ...] = RAW_SITES) -> dict[
     return out
 
 
-def split_cases(site: str, case_ids: list[str], seed: int = 0) -> dict[str, list[str]]:
-    """The reference's lists when ``case_ids`` are exactly its cases, else a seeded split with its proportions."""
+def split_cases(site: str, case_ids: list[str], seed: int = 0, n_test: int | None = None) -> dict[str, list[str]]:
+    """The reference's lists when ``case_ids`` are exactly its cases, else a seeded split with its proportions.
+
+    ``n_test`` fixes the number of test cases instead (more test volumes than the reference's 3-6 give a
+    comparison enough paired cases); the rest is split training/validation in the reference's proportions.
+    """
+    if n_test is not None:
+        if n_test < 1 or len(case_ids) < n_test + 2:
+            raise DataValidationError(
+                f"site {site!r}: n_test={n_test!r} needs at least {n_test + 2} cases (1 training, 1 validation), "
+                f"got {len(case_ids)}"
+            )
+        order = np.random.default_rng(seed).permutation(len(case_ids))
+        shuffled = [sorted(case_ids)[i] for i in order]
+        test, rest = sorted(shuffled[:n_test]), shuffled[n_test:]
+        train, val = split_by_fractions(rest, (FRACTIONS[0] / sum(FRACTIONS[:2]), FRACTIONS[1] / sum(FRACTIONS[:2])),
+                                        seed, name=f"site {site!r} cases")
+        return dict(zip(SPLITS, (train, val, test)))
     ref = REFERENCE_SPLITS.get(site)
     if ref is not None:
         ref_ids = [[f"Case{i:02d}" for i in part] for part in ref]
@@ -168,13 +184,17 @@ def convert(
     size: int | None = 64,
     keep_empty_slices: bool = False,
     seed: int = 0,
+    n_test: int | None = None,
 ) -> dict[str, Path]:
-    """Validate every case of every site, then write slices and one datalist per site (named by :func:`site_id`)."""
+    """Validate every case of every site, then write slices and one datalist per site (named by :func:`site_id`).
+
+    ``n_test``: test cases per site instead of the reference's split (see :func:`split_cases`).
+    """
     cases = find_cases(raw_dir, sites)
     for site_cases in cases.values():
         for case in progress(site_cases, f"validated {site_cases[0].site}"):
             load_case(case)
-    splits = {site: split_cases(site, [c.case_id for c in cs], seed) for site, cs in cases.items()}
+    splits = {site: split_cases(site, [c.case_id for c in cs], seed, n_test) for site, cs in cases.items()}
     out_root = Path(out_root)
     items: dict[str, dict[str, list[dict]]] = {}
     with atomic_dir(out_root) as tmp:
