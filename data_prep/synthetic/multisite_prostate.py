@@ -114,9 +114,9 @@ def site_profile(site: str, shift_strength: float = 1.0) -> SiteProfile:
     for f in fields(SiteProfile):
         a, b = getattr(NEUTRAL, f.name), getattr(target, f.name)
         if f.name in ("field_t", "spacing_mm", "slice_mm", "scale", "gland_mm", "erc_decay_mm"):
-            v = float(np.exp(np.log(a) + s * (np.log(b) - np.log(a))))
+            v = float(a ** (1 - s) * b**s)  # exact at s = 0 and s = 1
         else:
-            v = a + s * (b - a)
+            v = (1 - s) * a + s * b
         if f.name == "trim":
             v = int(round(v))
         elif f.name in ("erc", "bias", "noise", "blur_px"):
