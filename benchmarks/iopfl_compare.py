@@ -8,7 +8,7 @@ centralised model trained on the pooled training slices. Outside (the held-out s
 uniform expert average, BN-statistics adaptation, test-time routing (first and last pass).
 
 The federated rounds run in this process with the same learners and the same weighted FedAvg
-(:func:`src.aggregators.weighted_fedavg.weighted_average`) as the NVFlare job, without the simulator's start-up
+(:func:`src.aggregators.fedavg.weighted_average`) as the NVFlare job, without the simulator's start-up
 and per-round overhead. IOP-FL's global model is FedAvg's (same rounds, same seeds), so one run yields both.
 ``last`` = after the final round; ``best`` = the round with the best validation Dice (mean over sites for a
 global model, per site for personalised models); the test split never selects anything.
@@ -32,16 +32,16 @@ import torch  # noqa: E402
 from benchmarks.stats import Claim, write_comparison  # noqa: E402
 from data_prep.common import atomic_write_json  # noqa: E402
 from data_prep.multisite_prostate import RAW_SITES, site_id  # noqa: E402
-from src.aggregators.weighted_fedavg import weighted_average  # noqa: E402
+from src.aggregators.fedavg import weighted_average  # noqa: E402
 from src.config.iopfl import IOPFLConfig  # noqa: E402
 from src.data.datalist import load_site_datalist  # noqa: E402
-from src.iopfl.outside import evaluate_outside, load_stream  # noqa: E402
-from src.iopfl.test_time import RoutingConfig  # noqa: E402
-from src.learners.base import TRAIN_SAMPLES_KEY  # noqa: E402
+from src.inference.outside import evaluate_outside, load_stream  # noqa: E402
+from src.inference.test_time_routing import RoutingConfig  # noqa: E402
 from src.learners.iopfl import IOPFLLearner  # noqa: E402
 from src.learners.prostate2d import Prostate2DLearner  # noqa: E402
 from src.metrics.slice_volume import per_volume_scores, score_slices  # noqa: E402
 from src.models.unet2d import UNet2D  # noqa: E402
+from src.protocol import TRAIN_SAMPLES_KEY  # noqa: E402
 
 METRICS = ("test_dice", "test_hd95", "test_dice2d")
 
@@ -122,26 +122,40 @@ def _test(lr, params=None) -> dict:
 
 
 def run_federated(algorithm: str, sites, cfg_kwargs, rounds, init, out, tracker) -> dict:
-    """One in-process federated run; returns per-site test scores of its models (last and best)."""
+    """One in-process federated run; returns per-site test scores of its models (last and best).
+
+    Each round is the learners' own :meth:`~src.learners.base.FederatedLearner.fit_round` (the order the NVFlare
+    job runs), then the weighted FedAvg of the job's aggregator. A global model's validation scores are the ones
+    the sites compute when they receive it in the next round (after the last round, one extra validation).
+    """
     cls = IOPFLLearner if algorithm == "iopfl" else Prostate2DLearner
     learners = {s: cls(s, IOPFLConfig(**cfg_kwargs, algorithm=algorithm), output_dir=out / algorithm) for s in sites}
     global_state = {k: v.clone() for k, v in init.items()}
     best = (-np.inf, None, None)  # (mean val dice, round, state)
+
+    def consider(r: int, state: dict, vals: dict, train: dict, seconds: float) -> None:
+        nonlocal best
+        for s in sites:
+            tracker.log(f"{algorithm}/{s}", {**vals[s], **train.get(s, {})}, r)
+        mean_val = float(np.mean([v["val_dice"] for v in vals.values()]))
+        if mean_val > best[0]:
+            best = (mean_val, r, state)
+        print(f"[{algorithm}] round {r}/{rounds}: mean global val_dice {mean_val:.4f} ({seconds:.1f} s)", flush=True)
+
+    train, start = {}, time.perf_counter()
     for r in range(1, rounds + 1):
-        start = time.perf_counter()
-        results = {s: lr.train_round(global_state, r) for s, lr in learners.items()}
+        results = {s: lr.fit_round(global_state, r) for s, lr in learners.items()}
+        if r > 1:  # the sites just scored the global model of round r - 1
+            consider(r - 1, global_state, {s: res.received_metrics for s, res in results.items()}, train,
+                     time.perf_counter() - start)
+            start = time.perf_counter()
         shared = weighted_average([res.params for res in results.values()],
                                   [res.meta[TRAIN_SAMPLES_KEY] for res in results.values()])
         global_state = {**global_state, **{k: torch.as_tensor(v) for k, v in shared.items()}}
-        vals = {}
-        for s, lr in learners.items():
-            vals[s] = lr.evaluate(global_state, "validation")
-            tracker.log(f"{algorithm}/{s}", {**vals[s], **results[s].metrics}, r)
-        mean_val = float(np.mean([v["val_dice"] for v in vals.values()]))
-        if mean_val > best[0]:
-            best = (mean_val, r, {k: v.clone() for k, v in global_state.items()})
-        print(f"[{algorithm}] round {r}/{rounds}: mean global val_dice {mean_val:.4f} "
-              f"({time.perf_counter() - start:.1f} s)", flush=True)
+        train = {s: {k: v for k, v in res.metrics.items() if k.startswith("train_") or k.endswith("_personal")}
+                 for s, res in results.items()}
+    consider(rounds, global_state, {s: lr.evaluate(global_state, "validation") for s, lr in learners.items()},
+             train, time.perf_counter() - start)
     out_scores = {"best_round": best[1]}
     for s, lr in learners.items():
         label = "site model" if algorithm == "fedbn" else "global"

@@ -1,7 +1,9 @@
 """What every job script shares: its command-line options, staging of the project code, and running it.
 
 A job script only composes: parse options -> ``build_recipe(args)`` (importable, no side effects) -> ``execute``.
-NVFlare is imported lazily because importing ``nvflare.recipe`` strips ``--export-dir`` from ``sys.argv``.
+``build_recipe`` hands :func:`build_job_recipe` a model *factory*: the initial global model is built there under
+``torch.manual_seed(args.seed)``, so the same ``--seed`` gives the same start. NVFlare is imported lazily because
+importing ``nvflare.recipe`` strips ``--export-dir`` from ``sys.argv``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,9 +77,6 @@ def at_repo_root():
 def parse_job_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse the options, then import NVFlare's recipe module without letting it re-read ``sys.argv``."""
     args = parser.parse_args(argv)
-    import torch
-
-    torch.manual_seed(args.seed)  # the model a job script builds next is its seeded initial global model
     saved, sys.argv = sys.argv, sys.argv[:1]
     try:
         import nvflare.recipe.spec  # noqa: F401  (consumes --export/--export-dir from sys.argv on import)
@@ -119,6 +119,14 @@ def stage_project(recipe, learner: type, config: LearnerConfig) -> None:
     recipe.add_server_file(str(staging / "code"))
 
 
+def seeded_model(build: Callable, seed: int):
+    """``build()`` under ``torch.manual_seed(seed)``: the job's initial global model, the same for the same seed."""
+    import torch
+
+    torch.manual_seed(seed)
+    return build()
+
+
 def initial_checkpoint(model, args) -> str:
     """Save ``model``'s weights as the job's initial global model; return the path relative to ROOT.
 
@@ -133,14 +141,30 @@ def initial_checkpoint(model, args) -> str:
     return str(path)
 
 
-def build_fedavg_recipe(args, model, learner: type, config: LearnerConfig, recipe_class=None, **recipe_kwargs):
-    """A FedAvg-family recipe (``FedAvgRecipe`` by default) running ``learner`` at every site, fully equipped.
+def build_job_recipe(args, build_model: Callable, learner: type, config: LearnerConfig, *,
+                     controller_class=None, controller_args: dict | None = None, aggregator=None, recipe_class=None,
+                     **recipe_kwargs):
+    """A FedAvg-family :class:`~src.aggregators.controller.ControllerRecipe` running ``learner`` at every site.
 
-    ``model`` should be built right after :func:`parse_job_args` (which seeds torch), so that its weights, bundled
-    as the initial checkpoint, are the same for the same ``--seed``.
+    Args:
+        build_model: builds the network; called under ``torch.manual_seed(args.seed)`` (the initial global model).
+        learner, config: the site learner class and its configuration (staged into the job).
+        controller_class, controller_args: the server workflow (default: ``FederatedFedAvg``).
+        aggregator: the server's ``ModelAggregator`` (default: checked FedAvg weighted by steps).
+        recipe_class: a :class:`ControllerRecipe` subclass that validates its own arguments (e.g. IOP-FL's).
+
+    Personal keys of the learner (FedBN's norms, a decoder, ...) are also removed from every payload by NVFlare's
+    ``ExcludeVars`` output filter: a second line of defence behind the learner, which never puts them in.
     """
-    if recipe_class is None:
-        from nvflare.app_opt.pt.recipes import FedAvgRecipe as recipe_class
+    from src.aggregators.controller import ControllerRecipe
+    from src.aggregators.fedavg import FedAvgAggregator
+
+    model = seeded_model(build_model, args.seed)
+    recipe_class = recipe_class or ControllerRecipe
+    if controller_class is not None:
+        recipe_kwargs["controller_class"] = controller_class
+    if controller_args:
+        recipe_kwargs["controller_args"] = controller_args
     with at_repo_root():
         recipe = recipe_class(
             name=args.name,
@@ -150,11 +174,23 @@ def build_fedavg_recipe(args, model, learner: type, config: LearnerConfig, recip
             num_rounds=args.num_rounds,
             train_script=CLIENT_SCRIPT,
             key_metric=learner.key_metric,
+            aggregator=aggregator or FedAvgAggregator(),
             **recipe_kwargs,
         )
         stage_project(recipe, learner, config)
         add_standard_components(recipe, args)
+        personal = learner.key_groups_of(model, config).personal
+        exclude_personal_keys(recipe, [k for k in model.state_dict() if k in personal])
     return recipe
+
+
+def exclude_personal_keys(recipe, personal_keys) -> None:
+    """NVFlare ``ExcludeVars`` on every result a site sends (train, submit_model) when it has personal keys."""
+    if not personal_keys:
+        return
+    from nvflare.app_common.filters.exclude_vars import ExcludeVars
+
+    recipe.add_client_output_filter(ExcludeVars(exclude_vars=list(personal_keys)), tasks=["train", "submit_model"])
 
 
 def add_standard_components(recipe, args) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common import build_fedavg_recipe, common_config, execute, job_parser, parse_job_args  # noqa: E402
+from jobs.common import build_job_recipe, common_config, execute, job_parser, parse_job_args  # noqa: E402
 from src.config.iopfl import ALGORITHMS, IOPFLConfig  # noqa: E402
 
 #: NVFlare client names of the six sites (``ISBI_1.5`` -> ``ISBI_1_5``; see data_prep.multisite_prostate)
@@ -51,11 +51,11 @@ def parse_args(argv=None):
 
 
 def build_recipe(args):
-    from src.aggregators.weighted_fedavg import WeightedFedAvgAggregator
-    from src.iopfl.controller import IOPFLRecipe
+    from src.aggregators.fedavg import WeightedFedAvgAggregator
+    from src.aggregators.iopfl import IOPFLRecipe
     from src.learners.iopfl import IOPFLLearner
     from src.learners.prostate2d import Prostate2DLearner
-    from src.models.unet2d import UNet2D, norm_keys
+    from src.models.unet2d import UNet2D
 
     config = IOPFLConfig(
         **common_config(args), algorithm=args.algorithm, features=tuple(args.features), alpha=args.alpha,
@@ -64,18 +64,11 @@ def build_recipe(args):
     )
     learner = IOPFLLearner if args.algorithm == "iopfl" else Prostate2DLearner
     train_sites = [s for s in args.sites if s != args.ood_test]
-    model = UNet2D(features=config.features)
-    recipe = build_fedavg_recipe(
-        args, model, learner, config, recipe_class=IOPFLRecipe,
+    return build_job_recipe(
+        args, lambda: UNet2D(features=config.features), learner, config, recipe_class=IOPFLRecipe,
         aggregator=WeightedFedAvgAggregator(), train_sites=train_sites, ood_site=args.ood_test,
         export_personalised=args.export_personalised,
     )
-    if args.algorithm == "fedbn":
-        from nvflare.app_common.filters.exclude_vars import ExcludeVars
-
-        # second line of defence: the learner already leaves the BatchNorm keys out of every payload
-        recipe.add_client_output_filter(ExcludeVars(exclude_vars=norm_keys(model)), tasks=["train", "submit_model"])
-    return recipe
 
 
 def main(argv=None) -> int:

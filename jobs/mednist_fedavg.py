@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common import build_fedavg_recipe, common_config, execute, job_parser, parse_job_args  # noqa: E402
+from jobs.common import build_job_recipe, common_config, execute, job_parser, parse_job_args  # noqa: E402
 from src.config.tutorial import MedNISTConfig  # noqa: E402
 from src.learners.classification import ClassificationLearner  # noqa: E402
 from src.models.networks import MedNISTDenseNet  # noqa: E402
@@ -28,7 +28,7 @@ def parse_args(argv=None):
 
 def build_recipe(args):
     config = MedNISTConfig(**common_config(args), lr=args.lr, batch_size=args.batch_size)
-    return build_fedavg_recipe(args, MedNISTDenseNet(), ClassificationLearner, config)
+    return build_job_recipe(args, MedNISTDenseNet, ClassificationLearner, config)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,1 @@
+"""Server side only: aggregators, controllers and recipes. Nothing here imports src.learners."""

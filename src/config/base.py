@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T", bound="LearnerConfig")
 
@@ -38,8 +39,16 @@ class LearnerConfig:
         num_workers: data-loader workers (0 keeps each site to one process).
         eval_split: split scored by cross-site evaluation (``testing`` keeps it apart from model selection).
         tracking: dashboards that receive the site's metrics (``tensorboard``, ``mlflow``).
+        algorithm: the federated method; every learner understands ``fedavg``, ``fedprox`` (proximal term
+            ``fedprox_mu`` on the local loss) and ``fedbn`` (BatchNorm keys stay on the site); algorithm configs
+            add their own to :attr:`algorithms`.
+        fedprox_mu: FedProx proximal coefficient (used when ``algorithm == "fedprox"``).
+        resume: restore the site's last saved state (model, optimiser, counters, personal state) at start-up.
         extra: free-form algorithm options that have no typed field yet.
     """
+
+    #: values ``algorithm`` may take for this config
+    algorithms: ClassVar[tuple[str, ...]] = ("fedavg", "fedprox", "fedbn")
 
     data_root: str = "data"
     datalist_dir: str = "datalists"
@@ -53,14 +62,21 @@ class LearnerConfig:
     num_workers: int = 0
     eval_split: str = "testing"
     tracking: tuple[str, ...] = ("tensorboard", "mlflow")
+    algorithm: str = "fedavg"
+    fedprox_mu: float = 0.01
+    resume: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("local_epochs", "batch_size", "n_clients"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (math.isfinite(self.fedprox_mu) and self.fedprox_mu >= 0):
+            raise ValueError(f"fedprox_mu must be a finite number >= 0, got {self.fedprox_mu!r}")
+        if self.algorithm not in self.algorithms:
+            raise ValueError(f"algorithm must be one of {self.algorithms}, got {self.algorithm!r}")
         if self.eval_split not in ("validation", "testing"):
             raise ValueError(f"eval_split must be 'validation' or 'testing', got {self.eval_split!r}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from src.config.base import LearnerConfig
 
@@ -28,6 +29,8 @@ class IOPFLConfig(LearnerConfig):
         tta_passes, tta_batch_size: test-time routing on a held-out site (reference: 10 passes, batch 5).
     """
 
+    algorithms: ClassVar[tuple[str, ...]] = ALGORITHMS
+
     data_root: str = "data/multisite_prostate"
     datalist_dir: str = "datalists/multisite_prostate"
     batch_size: int = 5
@@ -43,10 +46,6 @@ class IOPFLConfig(LearnerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if not 0.0 <= self.alpha < 1.0:
             raise ValueError(f"alpha must be in [0, 1), got {self.alpha!r}")
-        if self.fedprox_mu < 0:
-            raise ValueError(f"fedprox_mu must be >= 0, got {self.fedprox_mu!r}")
         self.features = tuple(self.features)

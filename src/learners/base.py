@@ -1,20 +1,38 @@
-"""The one site-local learner every algorithm extends.
+"""The one site-local learner every algorithm extends: one explicit federated round, built of hooks.
 
-It owns a site's data, model, optimiser and MONAI/ignite engines, and exposes three operations that map onto
-NVFlare's tasks: :meth:`train_round` (``train``), :meth:`evaluate` (``validate``) and :meth:`best_local_state`
-(``submit_model``). Subclasses fill the hooks (model, transforms, loss, metrics, inferer) and may override
-:meth:`shared_keys` to keep personal parameters on the site. Nothing here imports NVFlare, so the same learner
-runs in a plain loop, the simulator and a provisioned deployment.
+:meth:`FederatedLearner.fit_round` runs a round in a fixed order:
+
+1. score the received global model on the validation split (:meth:`evaluate`: restores the model afterwards and
+   changes no other state, so scoring never personalises anything);
+2. :meth:`begin_round`: load the received shared (and adaptive) keys, keep the personal keys, take what the
+   server sent besides the model (``extras``), set the FedProx anchor;
+3. MONAI's ``SupervisedTrainer`` runs ``local_epochs`` epochs; each iteration is :meth:`train_step`
+   (its ``iteration_update``; MONAI's supervised step by default);
+4. :meth:`end_round`: the keys to send, the round's meta and metrics; :meth:`save` writes the model and the
+   site's persistent state (:meth:`extra_state`) so a restarted site resumes where it was;
+5. score the local model and keep the best one by ``key_metric`` (validation split, never the test split).
+
+A subclass fills the model/data/loss/metrics hooks and overrides only what differs: :meth:`train_step` for its
+own local step, :meth:`personal_keys_of` / :meth:`adaptive_keys_of` for what stays on the site,
+:meth:`begin_round` / :meth:`end_round` for per-round personalisation, :meth:`extra_state` /
+:meth:`load_extra_state` for state beyond the model. FedProx (``algorithm="fedprox"``: :meth:`penalty`) and FedBN
+(``algorithm="fedbn"``: BatchNorm keys personal) are options of this base, so every learner has them. Nothing here
+imports NVFlare at module level: the same learner runs in a plain loop, the simulator and a deployment.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import logging
+import os
+import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,10 +45,12 @@ from monai.utils import set_determinism
 
 from src.config.base import LearnerConfig
 from src.data.datalist import load_site_datalist
-from src.learners.protocol import PHASE_KEY, TRAIN_SAMPLES_KEY
+from src.models.key_groups import KeyGroups, norm_keys
+from src.protocol import PHASE_KEY, TRAIN_SAMPLES_KEY
 
 __all__ = ["FederatedLearner", "RoundResult", "pick_device", "TRAIN_SAMPLES_KEY", "PHASE_KEY"]
 
+log = logging.getLogger(__name__)
 
 
 def pick_device() -> torch.device:
@@ -45,22 +65,24 @@ def site_seed(seed: int, site: str) -> int:
 
 @dataclass
 class RoundResult:
-    """What one local training round produced."""
+    """What one local round produced."""
 
     params: dict[str, torch.Tensor]
     num_steps: int
     metrics: dict[str, float]
     #: extra FLModel meta sent with the params (e.g. :data:`TRAIN_SAMPLES_KEY`)
     meta: dict = field(default_factory=dict)
+    #: the received global model's validation score: what the server's model selection compares
+    received_metrics: dict[str, float] = field(default_factory=dict)
 
 
 class FederatedLearner(ABC):
-    """Site-local training and evaluation engine.
+    """Site-local training and evaluation engine (see the module docstring for the round).
 
     Args:
         site: the site's name (``site-1`` ...); selects its datalist and seeds its randomness.
         config: the algorithm's configuration.
-        output_dir: where best/last local models are written as plain ``state_dict`` files.
+        output_dir: where the site's models (plain ``state_dict`` files) and persistent state are written.
         device: defaults to :func:`pick_device`.
     """
 
@@ -82,15 +104,20 @@ class FederatedLearner(ABC):
         self.datalist = load_site_datalist(config.site_datalist(site), config.site_data_root())
         self.check_data(self.datalist)
         self.model = self.build_model().to(self.device)
+        self.key_groups = self.key_groups_of(self.model, config)
         self.optimizer = self.build_optimizer()
         self.loss_function = self.build_loss()
         self.train_loader = self._loader("training", shuffle=True)
         self.trainer = self._build_trainer()
         self._evaluators: dict[str, SupervisedEvaluator] = {}
+        self._proximal: tuple[Any, torch.nn.Module] | None = None  # (PTFedProxLoss, frozen anchor)
+        self.extras: dict[str, Any] = {}
         self.best_metric = -np.inf
         self.round = 0
+        if config.resume and not self.restore():
+            log.warning(f"{site}: resume requested but no saved state in {self.output_dir}; starting fresh")
 
-    # ---- hooks -----------------------------------------------------------------------------------------
+    # ---- model, data and loss hooks --------------------------------------------------------------------
     @abstractmethod
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError(f"Subclass {self.__class__.__name__} must implement this method.")
@@ -122,13 +149,135 @@ class FederatedLearner(ABC):
     def postprocessing(self):
         return None
 
+    # ---- which keys stay on the site ---------------------------------------------------------------------
+    @classmethod
+    def personal_keys_of(cls, model: torch.nn.Module, config: LearnerConfig) -> list[str]:
+        """Keys that never leave the site and are never overwritten: the BatchNorm keys under FedBN, else none.
+
+        A class method, so a job can build the same outgoing filter from the model without any site data.
+        """
+        return norm_keys(model) if config.algorithm == "fedbn" else []
+
+    @classmethod
+    def adaptive_keys_of(cls, model: torch.nn.Module, config: LearnerConfig) -> list[str]:
+        """Keys sent and averaged but loaded back through a personalisation rule in :meth:`begin_round`."""
+        return []
+
+    @classmethod
+    def key_groups_of(cls, model: torch.nn.Module, config: LearnerConfig) -> KeyGroups:
+        groups = KeyGroups.split(model, cls.personal_keys_of(model, config), cls.adaptive_keys_of(model, config))
+        if config.algorithm == "fedbn" and not groups.personal:
+            raise ValueError(f"fedbn on {type(model).__name__}, which has no BatchNorm: it would silently be FedAvg")
+        return groups
+
+    def personal_keys(self) -> list[str]:
+        return [k for k in self.model.state_dict() if k in self.key_groups.personal]
+
     def shared_keys(self) -> list[str]:
-        """state_dict keys that leave the site; personalised learners return a strict subset."""
-        return list(self.model.state_dict())
+        """state_dict keys that leave the site (shared and adaptive), in state_dict order."""
+        return [k for k in self.model.state_dict() if k not in self.key_groups.personal]
+
+    # ---- round hooks -------------------------------------------------------------------------------------
+    def begin_round(self, params: Mapping, extras: Mapping) -> None:
+        """Start a round from what the server sent: shared and adaptive keys loaded, personal keys kept."""
+        self.extras = dict(extras)
+        if params:
+            self.load_params(params)
+        if self.config.algorithm == "fedprox":
+            self.set_proximal_anchor()
+
+    def train_step(self, engine: SupervisedTrainer, batch: Mapping) -> dict:
+        """One local iteration; returns at least ``{"loss": tensor}``. Default: MONAI's supervised step, whose
+        loss is :meth:`loss_function` plus :meth:`penalty`. A custom step must add :meth:`penalty` itself."""
+        return engine._iteration(engine, batch)
+
+    def penalty(self) -> torch.Tensor | float:
+        """Regulariser added to the local loss: FedProx's proximal term to the received model, else 0."""
+        if self._proximal is None:
+            return 0.0
+        proximal, anchor = self._proximal
+        return proximal(self.model, anchor)
+
+    def set_proximal_anchor(self) -> None:
+        """Freeze a copy of the current (just received) model as FedProx's anchor (NVFlare ``PTFedProxLoss``)."""
+        if self._proximal is None:
+            from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss
+
+            self._proximal = (PTFedProxLoss(mu=self.config.fedprox_mu), copy.deepcopy(self.model).requires_grad_(False))
+        self._proximal[1].load_state_dict(self.model.state_dict())
+
+    def end_round(self, metrics: dict[str, float]) -> RoundResult:
+        """Close a round: the keys to send, meta and metrics; the site's state saved (model + :meth:`extra_state`)."""
+        self.save("last")
+        steps = self.config.local_epochs * len(self.train_loader)
+        meta = {TRAIN_SAMPLES_KEY: len(self.train_loader.dataset)}
+        return RoundResult(self.shared_state(), steps, metrics, meta)
 
     def run_phase(self, phase: str, params: Mapping, meta: Mapping) -> tuple[dict, dict[str, float]]:
         """Answer a controller's non-training request (meta[:data:`PHASE_KEY`]); returns (params, metrics)."""
         raise ValueError(f"{self.site}: {type(self).__name__} does not handle task phase {phase!r}")
+
+    # ---- persistent state --------------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """State beyond the model weights that a restarted site needs; subclasses extend ``super().extra_state()``.
+
+        Only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``.
+        """
+        np_state = np.random.get_state()
+        py_state = random.getstate()
+        state = {
+            "round": self.round,
+            "best_metric": float(self.best_metric),
+            "optimizer": self.optimizer.state_dict(),
+            "trainer": {"epoch": self.trainer.state.epoch, "iteration": self.trainer.state.iteration},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                "python": [py_state[0], torch.tensor(py_state[1], dtype=torch.int64), py_state[2]],
+            },
+        }
+        if getattr(self.trainer, "scaler", None) is not None:
+            state["grad_scaler"] = self.trainer.scaler.state_dict()
+        return state
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`extra_state`."""
+        self.round, self.best_metric = int(state["round"]), float(state["best_metric"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.trainer.state.epoch = int(state["trainer"]["epoch"])
+        self.trainer.state.iteration = int(state["trainer"]["iteration"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
+        if "grad_scaler" in state and getattr(self.trainer, "scaler", None) is not None:
+            self.trainer.scaler.load_state_dict(state["grad_scaler"])
+
+    def checkpoint_path(self, which: str) -> Path:
+        return self.output_dir / f"{self.site}_{which}_model.pt"
+
+    def state_path(self) -> Path:
+        return self.output_dir / f"{self.site}_state.pt"
+
+    def save(self, which: str) -> Path:
+        """Write the model as a plain ``state_dict``; ``"last"`` also writes :meth:`extra_state` (one call, both)."""
+        path = self.checkpoint_path(which)
+        _atomic_save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, path)
+        if which == "last":
+            _atomic_save(self.extra_state(), self.state_path())
+        return path
+
+    def restore(self) -> bool:
+        """Load the last saved model and state (True), or leave everything as is when none was saved (False)."""
+        model_path, state_path = self.checkpoint_path("last"), self.state_path()
+        if not (model_path.is_file() and state_path.is_file()):
+            return False
+        self.model.load_state_dict(torch.load(model_path, map_location=self.device, weights_only=True))
+        self.load_extra_state(torch.load(state_path, map_location="cpu", weights_only=True))
+        log.info(f"{self.site}: resumed from {state_path} (round {self.round})")
+        return True
 
     # ---- engines ---------------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
@@ -150,14 +299,19 @@ class FederatedLearner(ABC):
             train_data_loader=self.train_loader,
             network=self.model,
             optimizer=self.optimizer,
-            loss_function=self.loss_function,
+            loss_function=self._local_loss,
             inferer=self.inferer("training"),
             decollate=False,
             amp=self.device.type == "cuda",
+            iteration_update=self.train_step,
         )
         trainer.add_event_handler(Events.EPOCH_STARTED, self._reset_loss)
         trainer.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate_loss)
         return trainer
+
+    def _local_loss(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_function(pred, label)
+        return loss if self._proximal is None else loss + self.penalty()
 
     def _reset_loss(self, engine) -> None:
         self._loss_sum, self._loss_count = 0.0, 0
@@ -185,38 +339,52 @@ class FederatedLearner(ABC):
 
     # ---- operations ------------------------------------------------------------------------------------
     def load_params(self, params: Mapping[str, torch.Tensor | np.ndarray]) -> None:
-        """Load received (shared) parameters; keys missing from ``params`` keep their local values."""
+        """Load received parameters: personal keys keep their local values, missing keys too."""
         own = self.model.state_dict()
         unknown = sorted(set(params) - set(own))
         if unknown:
             raise KeyError(f"received parameters not in the model: {unknown[:5]}")
         for k, v in params.items():
-            own[k] = torch.as_tensor(v, dtype=own[k].dtype).reshape(own[k].shape)
+            if k not in self.key_groups.personal:
+                own[k] = torch.as_tensor(v, dtype=own[k].dtype).reshape(own[k].shape)
         self.model.load_state_dict(own)
 
     def shared_state(self) -> dict[str, torch.Tensor]:
         state = self.model.state_dict()
         return {k: state[k].detach().cpu().clone() for k in self.shared_keys()}
 
-    def train_round(self, params: Mapping | None = None, round_number: int | None = None) -> RoundResult:
-        """Load ``params`` (if given), train ``local_epochs`` epochs and return the shared state."""
-        if params is not None:
-            self.load_params(params)
+    def train_round(self, params: Mapping | None = None, round_number: int | None = None,
+                    extras: Mapping | None = None) -> RoundResult:
+        """Steps 2-4 of a round: :meth:`begin_round`, ``local_epochs`` epochs of :meth:`train_step`,
+        :meth:`end_round`. Without ``params`` the site trains on from its current model (local-only training)."""
         self.round = self.round + 1 if round_number is None else round_number
+        self.begin_round(params or {}, extras or {})
         start = time.perf_counter()
         self.trainer.state.max_epochs = self.trainer.state.epoch + self.config.local_epochs
         self.trainer.run()
-        steps = self.config.local_epochs * len(self.train_loader)
-        metrics = {
+        return self.end_round({
             "train_loss": self._loss_sum / max(self._loss_count, 1),
             "train_seconds": time.perf_counter() - start,
-        }
-        self.save("last")
-        meta = {TRAIN_SAMPLES_KEY: len(self.train_loader.dataset)}
-        return RoundResult(self.shared_state(), steps, metrics, meta)
+        })
+
+    def fit_round(self, params: Mapping | None = None, round_number: int | None = None,
+                  extras: Mapping | None = None) -> RoundResult:
+        """One federated round in its fixed order (module docstring); ``received_metrics`` score ``params``.
+
+        ``metrics`` holds the received model's scores (``val_*``), the local model's (``val_*_local``) and the
+        training figures; the best local model by ``key_metric`` is kept for cross-site evaluation.
+        """
+        received = self.evaluate(params, "validation") if params else {}
+        result = self.train_round(params, round_number, extras)
+        local = self.evaluate(split="validation")
+        self.update_best(local)
+        result.received_metrics = received
+        result.metrics = {**received, **{f"{k}_local": v for k, v in local.items()}, **result.metrics}
+        return result
 
     def evaluate(self, params: Mapping | None = None, split: str = "validation") -> dict[str, float]:
-        """Score ``params`` (default: the current model) on ``split``; the model is restored afterwards."""
+        """Score ``params`` (default: the current model) on ``split``; the model is restored afterwards and no
+        other state changes (no personalisation, no counters)."""
         if not self.datalist.get(split):
             return {}
         backup = None
@@ -244,17 +412,16 @@ class FederatedLearner(ABC):
         self.save("best")
         return True
 
-    def checkpoint_path(self, which: str) -> Path:
-        return self.output_dir / f"{self.site}_{which}_model.pt"
-
-    def save(self, which: str) -> Path:
-        path = self.checkpoint_path(which)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.cpu() for k, v in self.model.state_dict().items()}, path)
-        return path
-
     def best_local_state(self) -> dict[str, torch.Tensor]:
         """The best local model (or the current one before any validation) for cross-site evaluation."""
         path = self.checkpoint_path("best")
         state = torch.load(path, weights_only=True) if path.exists() else self.model.state_dict()
         return {k: state[k].cpu() for k in self.shared_keys()}
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file, so a crash mid-write never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

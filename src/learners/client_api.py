@@ -1,7 +1,9 @@
-"""NVFlare Client API loop shared by every job: one learner per site answers train, validate and submit_model.
+"""NVFlare Client API loop shared by every job: it only dispatches tasks to the site's learner.
 
-The job stages ``learner_config.json`` (learner class, config class, config values) next to the entry script
-in the job's ``custom/`` folder; every site builds its learner from it and its own site name.
+``train`` -> :meth:`FederatedLearner.fit_round` (the round's order lives in the learner base), ``validate`` ->
+``evaluate``, ``submit_model`` -> ``best_local_state``, a controller's extra phase -> ``run_phase``. The job stages
+``learner_config.json`` (learner class, config class, config values) next to the entry script in the job's
+``custom/`` folder; every site builds its learner from it and its own site name.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import logging
 import traceback
 from pathlib import Path
 
-from src.learners.protocol import PHASE_KEY
+from src.protocol import NUM_STEPS_KEY, PHASE_KEY, SITE_KEY, unpack_payload
 
 STAGED_CONFIG = "learner_config.json"
-NUM_STEPS_KEY = "NUM_STEPS_CURRENT_ROUND"
 
 log = logging.getLogger(__name__)
 
@@ -70,30 +71,28 @@ def run(staged: dict) -> None:
         received = flare.receive()
         if received is None:
             break
+        params, extras = unpack_payload(received.params, site)
         if flare.is_submit_model():
             flare.send(FLModel(params=learner.best_local_state()))
             continue
         if flare.is_evaluate():
-            flare.send(FLModel(metrics=learner.evaluate(received.params, split=learner.config.eval_split)))
+            flare.send(FLModel(metrics=learner.evaluate(params, split=learner.config.eval_split)))
             continue
         phase = (received.meta or {}).get(PHASE_KEY)
         if phase:  # a controller's extra request riding on the train task (e.g. IOP-FL's export / routing)
-            params, metrics = learner.run_phase(phase, received.params or {}, received.meta)
+            params, metrics = learner.run_phase(phase, params, received.meta)
             metrics_log.log({f"{phase}/{k}": v for k, v in metrics.items()}, received.current_round or 0)
-            flare.send(FLModel(params=params, metrics=metrics, meta={"site": site}))
+            flare.send(FLModel(params=params, metrics=metrics, meta={SITE_KEY: site}))
             continue
         round_number = received.current_round or 0
         print(f"{site} round {round_number}: training started", flush=True)
-        global_metrics = learner.evaluate(received.params, split="validation")
-        result = learner.train_round(received.params, round_number)
-        local_metrics = {f"{k}_local": v for k, v in learner.evaluate(split="validation").items()}
-        learner.update_best({k.removesuffix("_local"): v for k, v in local_metrics.items()})
-        step = round_number
-        metrics_log.log({**global_metrics, **local_metrics, **result.metrics}, step)
-        print(f"{site} round {round_number}: {_fmt(global_metrics)} (global) {_fmt(result.metrics)}", flush=True)
-        # the global model's validation score is what the server's model selection compares
+        result = learner.fit_round(params, round_number, extras)
+        metrics_log.log(result.metrics, round_number)
+        train = {k: v for k, v in result.metrics.items() if k.startswith("train_")}
+        print(f"{site} round {round_number}: {_fmt(result.received_metrics)} (global) {_fmt(train)}", flush=True)
+        # the received global model's validation score is what the server's model selection compares
         meta = {NUM_STEPS_KEY: result.num_steps, **result.meta}
-        flare.send(FLModel(params=result.params, metrics=global_metrics, meta=meta))
+        flare.send(FLModel(params=result.params, metrics=result.received_metrics, meta=meta))
 
 
 def _fmt(metrics: dict[str, float]) -> str:

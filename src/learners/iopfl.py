@@ -2,7 +2,7 @@
 
 Every round the site trains the received global model for one epoch (theta_k, the only thing it sends), then
 updates its private personalised model p_k = alpha * p_k + (1 - alpha) * theta_k
-(:func:`src.iopfl.personalise.personalised_update`). p_k is validated every round next to the global model
+(:func:`src.personalisation.iopfl.personalised_update`). p_k is validated every round next to the global model
 (``val_dice_personal`` ...), its best version by validation Dice is kept on the site, and it leaves the site
 only through :meth:`export_personalised`, which refuses unless the site opted in (``export_personalised``).
 """
@@ -15,13 +15,11 @@ from collections.abc import Mapping
 
 import torch
 
-from src.iopfl.personalise import personalised_update
 from src.learners.prostate2d import Prostate2DLearner
+from src.personalisation.iopfl import personalised_update
+from src.protocol import EXPORT_PHASE, ROUTE_PHASE, unpack_experts
 
-EXPORT_PHASE = "export_personalised"
-ROUTE_PHASE = "route"
-
-__all__ = ["IOPFLLearner"]
+__all__ = ["IOPFLLearner", "EXPORT_PHASE", "ROUTE_PHASE"]
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +28,31 @@ class IOPFLLearner(Prostate2DLearner):
     """FedAvg learner that also keeps IOP-FL's personalised model (``config.algorithm`` must be ``iopfl``)."""
 
     def __init__(self, *args, **kwargs):
+        self.personal_state: dict[str, torch.Tensor] | None = None  # before the base init: it may restore them
+        self.best_personal_metric = float("-inf")
         super().__init__(*args, **kwargs)
         if self.config.algorithm != "iopfl":
             raise ValueError(f"IOPFLLearner needs config.algorithm 'iopfl', got {self.config.algorithm!r}")
-        self.personal_state: dict[str, torch.Tensor] | None = None
-        self.best_personal_metric = float("-inf")
 
-    def train_round(self, params: Mapping | None = None, round_number: int | None = None):
-        result = super().train_round(params, round_number)
+    def end_round(self, metrics: dict[str, float]):
+        """After local training: p_k = alpha p_k + (1 - alpha) theta_k, scored on validation, best one kept."""
         self.personal_state = personalised_update(self.personal_state, self.model.state_dict(), self.config.alpha)
         personal = self.evaluate(self.personal_state, split="validation")
-        result.metrics.update({f"{k}_personal": v for k, v in personal.items()})
         if personal.get(self.key_metric, float("-inf")) > self.best_personal_metric:
             self.best_personal_metric = personal[self.key_metric]
             path = self.checkpoint_path("personal_best")
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({k: v.cpu() for k, v in self.personal_state.items()}, path)
-        return result
+        return super().end_round({**metrics, **{f"{k}_personal": v for k, v in personal.items()}})
+
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), "personal_state": self.personal_state,
+                "best_personal_metric": float(self.best_personal_metric)}
+
+    def load_extra_state(self, state) -> None:
+        super().load_extra_state(state)
+        self.personal_state = state["personal_state"]
+        self.best_personal_metric = float(state["best_personal_metric"])
 
     def best_personal_state(self) -> dict[str, torch.Tensor]:
         """The personalised model with the best validation Dice so far (the current one before that)."""
@@ -80,9 +86,8 @@ class IOPFLLearner(Prostate2DLearner):
 
     def route_on_own_stream(self, packed: Mapping) -> dict[str, float]:
         """Outside personalisation on this site: every slice of every split as one unlabelled stream."""
-        from src.iopfl.controller import unpack_experts
-        from src.iopfl.outside import evaluate_outside
-        from src.iopfl.test_time import RoutingConfig
+        from src.inference.outside import evaluate_outside
+        from src.inference.test_time_routing import RoutingConfig
 
         experts, global_state = unpack_experts(packed)
         as_tensors = [{k: torch.as_tensor(v) for k, v in e.items()} for e in [*experts, global_state]]

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.models.freezable_batchnorm import FreezableBatchNorm2d
+from src.models.key_groups import KeyGroups
 
 __all__ = ["CooperativeNet", "PART_NAMES", "ShapeAutoencoder"]
 
@@ -180,9 +181,11 @@ class CooperativeNet(nn.Module):
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         if not shape_temperature > 0:
             raise ValueError(f"shape_temperature must be > 0, got {shape_temperature!r}")
-        self.in_channels = in_channels
-        self.num_classes = num_classes
+        # NVFlare re-creates a server-side model from the attributes named like the __init__ parameters
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.base_channels, self.code_channels = base_channels, code_channels
         self.shape_temperature = float(shape_temperature)
+        self.image_output_sigmoid = image_output_sigmoid
         self.encoder = ConvEncoder(in_channels, base_channels, code_channels)
         self.code_filter = CodeFilter(code_channels)
         self.image_decoder = ConvDecoder(in_channels, "transposed", base_channels, code_channels,
@@ -247,6 +250,14 @@ class CooperativeNet(nn.Module):
                 f"label values must lie in [0, {self.num_classes - 1}], got range "
                 f"[{int(label.min())}, {int(label.max())}]"
             )
+
+    def key_groups(self, personal_parts: tuple[str, ...] = ()) -> KeyGroups:
+        """:class:`KeyGroups` keeping ``personal_parts`` (e.g. ``("image_decoder",)``) on the site."""
+        unknown = sorted(set(personal_parts) - set(PART_NAMES))
+        if unknown:
+            raise ValueError(f"unknown parts {unknown}; parts are {PART_NAMES}")
+        by_part = self.state_dict_keys_by_part()
+        return KeyGroups.split(self, personal=set().union(*(by_part[p] for p in personal_parts)))
 
     def state_dict_keys_by_part(self) -> dict[str, set[str]]:
         """The state_dict keys of each part, e.g. to keep `image_decoder` local while sharing the rest."""

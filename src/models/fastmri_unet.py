@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FastMRIUNet", "ConvBlock", "TransposeConvBlock", "encoder_decoder_keys", "ENCODER_PREFIXES"]
+from src.models.key_groups import KeyGroups
+
+__all__ = ["FastMRIUNet", "ConvBlock", "TransposeConvBlock", "encoder_decoder_keys", "fedmri_key_groups",
+           "ENCODER_PREFIXES"]
 
 ENCODER_PREFIXES = ("encoder.", "bottleneck.")
 DECODER_PREFIXES = ("decoder.", "head.")
@@ -156,3 +159,9 @@ def encoder_decoder_keys(model: nn.Module) -> tuple[list[str], list[str]]:
     if not encoder or not decoder:
         raise ValueError(f"encoder and decoder key sets must both be non-empty, got {len(encoder)} and {len(decoder)}")
     return encoder, decoder
+
+
+def fedmri_key_groups(model: nn.Module) -> KeyGroups:
+    """FedMRI's split as :class:`KeyGroups`: the encoder shared, the site's decoder personal."""
+    encoder, decoder = encoder_decoder_keys(model)
+    return KeyGroups(frozenset(encoder), personal=frozenset(decoder))

@@ -4,7 +4,7 @@ Layout as in the reference (``nets/models.py``): encoder widths ``features[:-1]`
 each block [3x3 conv (no bias) -> BatchNorm2d -> ReLU] x 2, max-pool down, 2x2 stride-2 transposed conv up with
 skip concatenation, 1x1 output conv to 2 logits. The reference's unused auxiliary head (``bn``, ``fc``, built for
 384x384 input) is left out. Every BatchNorm module is named ``norm1``/``norm2`` inside a block, and
-:func:`norm_keys` finds them by type, so FedBN cannot silently keep nothing local.
+:func:`src.models.key_groups.norm_keys` finds them by type, so FedBN cannot silently keep nothing local.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from src.models.key_groups import norm_keys
 
 __all__ = ["UNet2D", "norm_keys"]
 
@@ -76,12 +78,3 @@ class UNet2D(nn.Module):
         for up, decoder, skip in zip(self.upconvs, self.decoders, reversed(skips)):
             x = decoder(torch.cat([up(x), skip], dim=1))
         return self.head(x)
-
-
-def norm_keys(model: nn.Module) -> list[str]:
-    """state_dict keys of every BatchNorm layer (weight, bias, running stats, batch counter)."""
-    keys = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            keys += [f"{name}.{k}" for k in module.state_dict()]
-    return keys

@@ -25,18 +25,18 @@ adaptive mixing; everything else (encoder, aux heads, every BN buffer) is shared
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from src.models.key_groups import KeyGroups
+
 __all__ = [
     "SiteChannelSelection",
     "UNetLCMultiHead",
     "MultiHeadOutput",
-    "FedICRAKeyGroups",
     "fedicra_key_groups",
     "one_hot_site_code",
 ]
@@ -180,10 +180,8 @@ class UNetLCMultiHead(nn.Module):
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
         one_hot_site_code(site_index, num_sites, 1)  # validates site_index against num_sites
-        self.init_args = dict(
-            in_channels=in_channels, num_classes=num_classes, num_sites=num_sites, site_index=site_index,
-            upsample=upsample,
-        )
+        # NVFlare re-creates a server-side model from the attributes named like the __init__ parameters
+        self.in_channels, self.num_classes, self.upsample = in_channels, num_classes, upsample
         self.site_index = site_index
         self.num_sites = num_sites
         ch = FEATURE_CHANNELS
@@ -208,9 +206,9 @@ class UNetLCMultiHead(nn.Module):
 
         ``site_index=0`` means site 0 (the reference's ``if not emb_idx`` silently maps it to the own site).
         """
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.init_args["in_channels"]:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"x must have shape (B, {self.init_args['in_channels']}, H, W), got {tuple(getattr(x, 'shape', ()))}"
+                f"x must have shape (B, {self.in_channels}, H, W), got {tuple(getattr(x, 'shape', ()))}"
             )
         if x.shape[2] % 16 or x.shape[3] % 16:
             raise ValueError(f"x height and width must be divisible by 16, got {tuple(x.shape[2:])}")
@@ -231,27 +229,13 @@ class UNetLCMultiHead(nn.Module):
         return MultiHeadOutput(logits=logits, aux_logits=aux, gate=gate, bottleneck=bottleneck)
 
 
-@dataclass(frozen=True)
-class FedICRAKeyGroups:
-    """Partition of a FedICRA model's ``state_dict`` keys.
+def fedicra_key_groups(model: UNetLCMultiHead, adaptive_prefixes: Sequence[str] = ("decoder.",)) -> KeyGroups:
+    """Split ``model.state_dict()`` keys into FedICRA's groups (disjoint, covering every key).
 
-    shared: sent, averaged, loaded as is (encoder, aux heads, all BN buffers incl. the decoder's).
-    adaptive: main-decoder parameters; sent and averaged, but loaded through adaptive mixing with the local copy.
+    shared: sent, averaged, loaded as is (encoder, aux heads, all BN buffers incl. the decoder's);
+    adaptive: main-decoder parameters, sent and averaged but loaded through adaptive mixing with the local copy;
     personal: never sent (site channel selection).
     """
-
-    shared: frozenset[str]
-    adaptive: frozenset[str]
-    personal: frozenset[str]
-
-    @property
-    def sent(self) -> frozenset[str]:
-        """Keys a client sends to the server."""
-        return self.shared | self.adaptive
-
-
-def fedicra_key_groups(model: UNetLCMultiHead, adaptive_prefixes: Sequence[str] = ("decoder.",)) -> FedICRAKeyGroups:
-    """Split ``model.state_dict()`` keys into shared / adaptive / personal (disjoint, covering every key)."""
     state_keys = set(model.state_dict().keys())
     param_keys = {name for name, _ in model.named_parameters()}
     personal = {k for k in state_keys if k.startswith("channel_selection.")}
@@ -259,4 +243,4 @@ def fedicra_key_groups(model: UNetLCMultiHead, adaptive_prefixes: Sequence[str] 
     shared = state_keys - personal - adaptive
     if not personal or not adaptive:
         raise ValueError(f"model has no personal or adaptive keys: personal={sorted(personal)}, adaptive={adaptive}")
-    return FedICRAKeyGroups(frozenset(shared), frozenset(adaptive), frozenset(personal))
+    return KeyGroups(frozenset(shared), frozenset(adaptive), frozenset(personal))

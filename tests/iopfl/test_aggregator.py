@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.aggregators.weighted_fedavg import WeightedFedAvgAggregator, weighted_average
-from src.learners.base import TRAIN_SAMPLES_KEY
+from src.aggregators.fedavg import WeightedFedAvgAggregator, weighted_average
+from src.protocol import TRAIN_SAMPLES_KEY
 
 
 def test_weighted_average_hand_computed():
@@ -29,7 +29,8 @@ def test_model_aggregator_weights_by_training_samples():
     agg.accept_model(FLModel(params={"w": np.array([4.0])}, meta={TRAIN_SAMPLES_KEY: 20}))
     out = agg.aggregate_model()
     assert np.allclose(out.params["w"], [3.0]) and out.meta["nr_aggregated"] == 2
-    with pytest.raises(ValueError, match=TRAIN_SAMPLES_KEY):
-        agg.accept_model(FLModel(params={"w": np.array([1.0])}, meta={}))
+    # a result without its weight is dropped for the round with the reason (it used to raise and end the job)
+    agg.accept_model(FLModel(params={"w": np.array([1.0])}, meta={}))
+    assert len(agg.dropped) == 1 and TRAIN_SAMPLES_KEY in agg.dropped[0][1]
     with pytest.raises(RuntimeError, match="no site results"):
         agg.aggregate_model()

@@ -6,10 +6,10 @@ import torch
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.fedavg import FedAvg
 
+from src.aggregators.iopfl import IOPFLFedAvg, IOPFLRecipe
 from src.config.iopfl import IOPFLConfig
-from src.iopfl.controller import IOPFLFedAvg, IOPFLRecipe, pack_experts, unpack_experts
 from src.learners.iopfl import EXPORT_PHASE, ROUTE_PHASE, IOPFLLearner
-from src.learners.protocol import PHASE_KEY
+from src.protocol import PHASE_KEY, pack_experts, unpack_experts
 
 
 def test_pack_unpack_roundtrip_keeps_order():

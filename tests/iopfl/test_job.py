@@ -34,7 +34,7 @@ def test_export_wires_controller_aggregator_and_held_out_site(tiny_prostate, tmp
     assert args["aggregator"]["path"].endswith("WeightedFedAvgAggregator")
     staged = json.loads((out / "app" / "custom" / "learner_config.json").read_text())
     assert staged["learner"].endswith("IOPFLLearner") and staged["config"]["export_personalised"] is True
-    assert (out / "app" / "custom" / "src" / "iopfl" / "routed_conv.py").is_file()
+    assert (out / "app" / "custom" / "src" / "models" / "routed_conv.py").is_file()
 
 
 def test_fedbn_export_filters_norm_keys_out_of_every_result(tiny_prostate, tmp_path):

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from src.config.iopfl import IOPFLConfig
-from src.learners.base import TRAIN_SAMPLES_KEY
 from src.learners.iopfl import IOPFLLearner
 from src.learners.prostate2d import Prostate2DLearner
 from src.models.unet2d import norm_keys
+from src.protocol import TRAIN_SAMPLES_KEY
 
 FEATURES = (4, 8, 16)
 
@@ -62,13 +62,16 @@ def test_personalised_export_is_opt_in(tiny_prostate, tmp_path):
 
 def test_fedprox_adds_the_proximal_term(tiny_prostate, tmp_path):
     learner = Prostate2DLearner("HK", _config(tiny_prostate, "fedprox", fedprox_mu=1.0), output_dir=tmp_path)
-    learner.loss_function.set_reference(learner.model)
+    learner.set_proximal_anchor()
     pred, label = torch.randn(2, 2, 32, 32), torch.ones(2, 1, 32, 32)
-    base = learner.loss_function.task_loss(pred, label)
-    assert torch.allclose(learner.loss_function(pred, label), base)  # at the anchor the term is zero
+    base = learner.loss_function(pred, label)
+    assert torch.allclose(learner._local_loss(pred, label), base)  # at the anchor the term is zero
     with torch.no_grad():
         learner.model.head.bias.add_(1.0)  # 2 entries moved by 1: mu/2 * 2 = 1
-    assert learner.loss_function(pred, label).item() == pytest.approx(base.item() + 1.0, rel=1e-5)
+    assert learner._local_loss(pred, label).item() == pytest.approx(base.item() + 1.0, rel=1e-5)
+    # the anchor is the model received at the start of a round
+    learner.train_round(learner.shared_state(), 1)
+    assert float(learner.penalty()) > 0.0
 
 
 def test_config_rules():

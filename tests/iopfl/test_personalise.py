@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from src.iopfl.personalise import personalised_update
+from src.personalisation.iopfl import personalised_update
 
 
 def test_update_rule_matches_hand_computed_values():

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.iopfl.routed_conv import RoutedConv2d, Router, build_routing_model, routing_parameters
+from src.models.routed_conv import RoutedConv2d, Router, build_routing_model, routing_parameters
 from src.models.unet2d import UNet2D, norm_keys
 
 torch.manual_seed(0)

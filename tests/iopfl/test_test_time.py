@@ -4,9 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from src.iopfl.outside import OUTSIDE_METHODS, evaluate_outside, load_stream
-from src.iopfl.routed_conv import build_routing_model
-from src.iopfl.test_time import (
+from src.inference.outside import OUTSIDE_METHODS, evaluate_outside, load_stream
+from src.inference.test_time_routing import (
     RoutingConfig,
     consistency_loss,
     entropy_loss,
@@ -15,6 +14,7 @@ from src.iopfl.test_time import (
     use_batch_statistics,
 )
 from src.metrics.slice_volume import score_slices
+from src.models.routed_conv import build_routing_model
 from src.models.unet2d import UNet2D
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.iopfl.routed_conv import routing_parameters, use_batch_statistics
+from src.models.routed_conv import routing_parameters, use_batch_statistics
 
 __all__ = [
     "RoutingConfig",

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from src.aggregators.adaptive_mixing import AdaptiveDecoderMixing
+from src.personalisation.adaptive_mixing import AdaptiveDecoderMixing
 
 KEYS = ("decoder.bias", "decoder.weight")
 

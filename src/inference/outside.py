@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.aggregators.weighted_fedavg import weighted_average
-from src.iopfl.routed_conv import build_routing_model
-from src.iopfl.test_time import RoutingConfig, copy_with_batch_statistics, predict, run_test_time_routing
+from src.aggregators.fedavg import weighted_average
+from src.inference.test_time_routing import RoutingConfig, copy_with_batch_statistics, predict, run_test_time_routing
 from src.metrics.slice_volume import score_slices
+from src.models.routed_conv import build_routing_model
 
 __all__ = ["load_stream", "evaluate_outside", "OUTSIDE_METHODS"]
 
