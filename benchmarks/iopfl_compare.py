@@ -369,6 +369,22 @@ def run_seed(args, seed: int, sites, ood: str, out: Path, tracker) -> tuple[dict
     return inside, outside, outside_volumes, {"ood_slices": len(items), "ood_cases": len(set(cases))}
 
 
+def _write_results(args, argv, out: Path, rows, per_seed, data, sites, ood, test_cases, seconds) -> None:
+    settings = {"num_rounds": args.rounds, "local_epochs": 1, "seeds": sorted(per_seed), "ood_test": ood,
+                "sites": sites, "features": args.features, "tta_passes": args.tta_passes, "test_volumes": test_cases,
+                "threads": args.threads, "wall_seconds": round(seconds, 1), "data": data,
+                "command": "python -m benchmarks.iopfl_compare " + " ".join(argv if argv is not None else sys.argv[1:])}
+    meta = {"algorithm": "iopfl", "title": "IOP-FL: inside and outside personalisation (Jiang et al., TMI 2023)",
+            "synthetic": data.get("source") == "synthetic", "settings": settings,
+            "metrics": {"dice": "3-D foreground Dice per volume", "hd95": "HD95 per volume (voxels)",
+                        "dice2d": "the reference's 2-D Dice incl. background"}}
+    write_comparison(out, NAME, rows, meta, CLAIMS)
+    last = list(per_seed.values())[-1]
+    # the last seed's JSON under the historical name (notebook 03 and older tooling read it)
+    atomic_write_json(out / f"{NAME}.json", {"meta": {**meta, "sites": sites, "seeds": sorted(per_seed)},
+                                             "inside": last["inside"], "outside": last["outside"]})
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -396,20 +412,9 @@ def main(argv=None) -> int:
         rows += volume_rows(inside, outside_volumes, ood, seed)
         per_seed[seed] = {"inside": inside, "outside": outside}
         print(f"[seed {seed}] done in {seconds:.0f} s", flush=True)
+        # written after every seed: an interrupted run still leaves a valid comparison of the seeds it finished
+        _write_results(args, argv, out, rows, per_seed, data, sites, ood, test_cases, time.perf_counter() - start)
     seconds = time.perf_counter() - start
-    settings = {"num_rounds": args.rounds, "local_epochs": 1, "seeds": args.seeds, "ood_test": ood, "sites": sites,
-                "features": args.features, "tta_passes": args.tta_passes, "test_volumes": test_cases,
-                "threads": args.threads, "wall_seconds": round(seconds, 1), "data": data,
-                "command": "python -m benchmarks.iopfl_compare " + " ".join(argv if argv is not None else sys.argv[1:])}
-    meta = {"algorithm": "iopfl", "title": "IOP-FL: inside and outside personalisation (Jiang et al., TMI 2023)",
-            "synthetic": data.get("source") == "synthetic", "settings": settings,
-            "metrics": {"dice": "3-D foreground Dice per volume", "hd95": "HD95 per volume (voxels)",
-                        "dice2d": "the reference's 2-D Dice incl. background"}}
-    write_comparison(out, NAME, rows, meta, CLAIMS)
-    # the last seed's JSON under the historical name (notebook 03 and older tooling read it)
-    atomic_write_json(out / f"{NAME}.json", {"meta": {**meta, "sites": sites, "seeds": args.seeds},
-                                             "inside": per_seed[args.seeds[-1]]["inside"],
-                                             "outside": per_seed[args.seeds[-1]]["outside"]})
     from benchmarks.report import write_comparison_report
 
     md = write_comparison_report(out / f"{NAME}.csv", out)
