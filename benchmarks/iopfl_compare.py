@@ -318,7 +318,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ood-test", dest="ood_site", default="ISBI",
                    help="held-out site (never trained on); the reference's example (default: %(default)s)")
     _hidden_alias(p, "--ood-site", "ood_site")
-    p.add_argument("--num-rounds", dest="rounds", type=int, default=20,
+    p.add_argument("--num-rounds", dest="rounds", type=int, default=12,
                    help="federated rounds (= epochs of local/centralised) (default: %(default)s)")
     _hidden_alias(p, "--rounds", "rounds", type=int)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
