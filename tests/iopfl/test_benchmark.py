@@ -40,3 +40,14 @@ def test_compare_writes_every_method(tmp_path):
     assert all(c.better in methods and c.worse in methods for c in CLAIMS)
     md = (out / "iopfl_compare.md").read_text()
     assert md.count("**yes**") + md.count("**no**") + md.count("**within noise**") == len(CLAIMS)
+
+
+def test_options_follow_the_job_names_and_keep_the_old_aliases():
+    from benchmarks.iopfl_compare import QUICK, parse_args
+
+    a = parse_args(["--num-rounds", "7", "--ood-test", "UCL"])
+    assert (a.rounds, a.ood_site, a.seeds, a.n_test) == (7, "UCL", [0, 1, 2], 4)
+    old = parse_args(["--rounds", "3", "--ood-site", "HK", "--seed", "5"])
+    assert (old.rounds, old.ood_site, old.seeds) == (3, "HK", [5])
+    quick = parse_args(["--quick", "--num-rounds", "2"])
+    assert quick.rounds == 2 and quick.seeds == QUICK["seeds"] and quick.matrix == QUICK["matrix"]  # explicit wins
