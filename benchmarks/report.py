@@ -70,7 +70,7 @@ def _table(rows: list[dict], setting: str, metric: str) -> list[str]:
             per_seed = [np.mean([by[(method, site, s)]["value"] for site in sites]) for s in seeds
                         if all((method, site, s) in by for site in sites)]
             s = summarise(per_seed)
-            cells.append(f"{s.mean:.{digits}f} ± {s.std:.{digits}f} ({s.n} seeds)")
+            cells.append(f"{s.mean:.{digits}f} ± {s.std:.{digits}f} ({s.n} seed{'s' * (s.n != 1)})")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
