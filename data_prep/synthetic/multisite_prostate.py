@@ -256,7 +256,7 @@ def generate(
     if matrix < 16:
         raise ValueError(f"matrix must be >= 16, got {matrix!r}")
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, owner="data_prep.multisite_prostate generate", marker_beside=True) as tmp:
         for site in sites:
             ids = REAL_CASE_IDS[site][: min(counts[site], len(REAL_CASE_IDS[site]))]
             rng = np.random.default_rng([seed, SITES.index(site)])

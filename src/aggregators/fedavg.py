@@ -125,6 +125,7 @@ class FedAvgAggregator(_model_aggregator_base()):
 
     def aggregate_model(self):
         from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+        from nvflare.app_common.app_constant import AppConstants
 
         updates = self._majority_key_set()
         if not updates:
@@ -136,7 +137,12 @@ class FedAvgAggregator(_model_aggregator_base()):
         params = weighted_average([p for _, p, _, _ in updates], weights)
         metrics = _weighted_metrics([m for *_, m in updates], weights)
         meta = {"nr_aggregated": len(updates), "aggregated_sites": [s for s, *_ in updates],
-                "dropped_sites": dict(self._dropped)}
+                "dropped_sites": dict(self._dropped),
+                # NVFlare's round_metrics.jsonl then keeps each site's reported metrics, as with its own FedAvg
+                AppConstants.METRICS_AGGREGATION_INFO: {
+                    "metric_source": "client_reported_flmodel_metrics", "use_contribution_sites": True,
+                    "aggregation": {"method": "weighted_average", "weight_key": self.weight_key},
+                }}
         self.reset_stats()
         return FLModel(params=params, params_type=ParamsType.FULL, metrics=metrics or None, meta=meta)
 
