@@ -64,8 +64,9 @@ EXPECTED = {
     "multisite_prostate": {
         "convert": {"--datalist-dir": "datalists/multisite_prostate", "--keep-empty-slices": False,
                     "--out": "data/multisite_prostate", "--raw": "data/raw/multisite_prostate", "--seed": 0,
-                    "--sites": ["BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL"], "--size": 64},
-        "generate": {"--n-cases": 6, "--out": "data/raw/multisite_prostate", "--seed": 0},
+                    "--sites": ["BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL"], "--size": 64, "--n-test": None},
+        "generate": {"--n-cases": 6, "--out": "data/raw/multisite_prostate", "--seed": 0, "--shift-strength": 1.0,
+                     "--matrix": 384},
         "validate": {"--data-root": "data/multisite_prostate", "--datalist-dir": "datalists/multisite_prostate"},
     },
 }
