@@ -6,15 +6,18 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all data data-all lint bench bench-science iopfl-compare report poc browser-check clean help
+.PHONY: demo test test-all data data-all data-mednist mednist iopfl-data notebooks lint bench bench-science iopfl-compare report poc browser-check clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(STAMP): requirements.txt requirements-dev.txt
-	@echo ">> creating $(VENV) (torch CPU wheel, nvflare, monai, ...; about 2 minutes)"
+	@echo ">> creating $(VENV): torch, nvflare, monai, mlflow, jupyterlab, ... (~2.5 GB download;"
+	@echo ">> 3-10 minutes depending on the network and the machine; each package is listed as it comes)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements-dev.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@start=$$(date +%s); $(PY) -m pip install --progress-bar off -r requirements-dev.txt 2>&1 \
+	  | { grep -E "^(Collecting|Installing|Successfully|ERROR)" || true; } \
+	  | while IFS= read -r line; do echo "   [$$(( $$(date +%s) - start )) s] $$line"; done
 	$(PY) -c "import torch, monai, nvflare, ignite, mlflow; print('>> environment ready: torch', torch.__version__, 'monai', monai.__version__, 'nvflare', nvflare.__version__)"
 	touch $@
 
@@ -34,6 +37,20 @@ data-all: $(STAMP)  ## synthetic FedICRA (FAZ, ODOC), FedMRI and cardiac (ACDC, 
 	$(PY) -m data_prep.acdc convert
 	$(PY) -m data_prep.mnms generate
 	$(PY) -m data_prep.mnms convert
+
+data-mednist: $(STAMP)  ## synthetic MedNIST (six classes) split IID into 3 sites
+	$(PY) -m data_prep.mednist generate
+	$(PY) -m data_prep.mednist split --n-sites 3
+
+mednist: data-mednist  ## MedNIST DenseNet121 FedAvg in the simulator (3 sites, 3 rounds)
+	$(PY) -u jobs/mednist_fedavg.py --num-rounds 3
+
+iopfl-data: $(STAMP)  ## synthetic six-site prostate MRI for IOP-FL, generated and converted
+	$(PY) -m data_prep.multisite_prostate generate
+	$(PY) -m data_prep.multisite_prostate convert
+
+notebooks: $(STAMP)  ## open the tutorial notebooks in JupyterLab
+	$(VENV)/bin/jupyter lab notebooks/
 
 demo: data  ## the main job: Prostate 3-D UNet FedAvg in the simulator (3 sites), then results + dashboards
 	$(PY) -u jobs/prostate_fedavg.py --env sim --n-clients 3 --num-rounds 3 --local-epochs 5

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from jobs.console import add_console_options, sim_log_config, tracking_config  # noqa: E402
 from src.config.base import LearnerConfig  # noqa: E402
 from src.learners.client_api import STAGED_CONFIG  # noqa: E402
 from src.privacy.filters import add_privacy_filter, add_privacy_options  # noqa: E402
@@ -67,6 +69,7 @@ def job_parser(description: str, *, name: str, n_clients: int, num_rounds: int, 
     p.add_argument("--prod-timeout", type=float, default=0.0,
                    help="--env prod: seconds to wait for the job (0: until it ends); the job keeps running after")
     add_privacy_options(p)
+    add_console_options(p)
     return p
 
 
@@ -81,9 +84,12 @@ def at_repo_root():
         os.chdir(old)
 
 
-def parse_job_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Parse the options, then import NVFlare's recipe module without letting it re-read ``sys.argv``."""
+def parse_job_args(parser: argparse.ArgumentParser, argv=None, check=None) -> argparse.Namespace:
+    """Parse the options, run ``check(args)`` (the job's pre-flight data check, before any heavy import), then
+    import NVFlare's recipe module without letting it re-read ``sys.argv``."""
     args = parser.parse_args(argv)
+    if check is not None:
+        check(args)
     saved, sys.argv = sys.argv, sys.argv[:1]
     try:
         import nvflare.recipe.spec  # noqa: F401  (consumes --export/--export-dir from sys.argv on import)
@@ -205,7 +211,7 @@ def add_standard_components(recipe, args) -> None:
     from nvflare.recipe.utils import add_cross_site_evaluation, add_experiment_tracking
 
     for kind in TRACKING_CHOICES[args.tracking]:
-        add_experiment_tracking(recipe, kind)
+        add_experiment_tracking(recipe, kind, tracking_config(args) if kind == "mlflow" else None)
     if not args.no_cross_site_eval:
         add_cross_site_evaluation(recipe)
     # the 2 s default between task requests dominates short rounds on a laptop
@@ -235,10 +241,12 @@ def _execute(recipe, args) -> Path | None:
         from nvflare.recipe import SimEnv
 
         sites = sites_of(args)
-        env = SimEnv(clients=sites, num_clients=len(sites), workspace_root=str(Path(args.workspace).resolve()))
+        env = SimEnv(clients=sites, num_clients=len(sites), workspace_root=str(Path(args.workspace).resolve()),
+                     log_config=sim_log_config(args))
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         run = recipe.execute(env)
-        return Path(run.get_result())
+        with contextlib.redirect_stdout(io.StringIO()):  # SimEnv prints a note that get_status returns None
+            return Path(run.get_result())
     if args.env == "prod":
         from jobs.prod import submit_to_prod
 

@@ -130,9 +130,9 @@ def main(argv=None) -> int:
         return 2
     result = execute(build_recipe(args), args)
     if result is not None:
-        from src.reporting.summary import report
+        from jobs.console import finish
 
-        report(result, key_metric="val_dice")
+        finish(result, args, key_metric="val_dice")
     return 0
 
 

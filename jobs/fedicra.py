@@ -121,9 +121,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     result = execute(build_recipe(args, check_data=args.env != "export"), args)
     if result is not None:
-        from src.reporting.summary import report
+        from jobs.console import finish
 
-        report(result, key_metric="val_dice")
+        finish(result, args, key_metric="val_dice")
     return 0
 
 

@@ -121,9 +121,9 @@ def main(argv=None) -> int:
         check_site_data(args, build_config(args))
     result = execute(build_recipe(args), args)
     if result is not None:
-        from src.reporting.summary import report
+        from jobs.console import finish
 
-        report(result, key_metric="val_psnr")
+        finish(result, args, key_metric="val_psnr")
         print(json.dumps({"algorithm": args.algorithm, "negatives": args.negatives}))
     return 0
 

@@ -21,13 +21,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.common import build_job_recipe, common_config, execute, job_parser, parse_job_args  # noqa: E402
+from jobs.console import finish  # noqa: E402
+from jobs.preflight import preflight  # noqa: E402
 from src.config.iopfl import ALGORITHMS, IOPFLConfig  # noqa: E402
 
 #: NVFlare client names of the six sites (``ISBI_1.5`` -> ``ISBI_1_5``; see data_prep.multisite_prostate)
 SITES = ("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1_5", "UCL")
+PREPARE = (".venv/bin/python -m data_prep.multisite_prostate generate && "
+           ".venv/bin/python -m data_prep.multisite_prostate convert")
 
 
-def parse_args(argv=None):
+def _check(args) -> None:
+    preflight(args, PREPARE, sites=args.sites or list(SITES[: args.n_clients]))
+
+
+def parse_args(argv=None, check: bool = False):
     p = job_parser(__doc__, name="iopfl", n_clients=len(SITES), num_rounds=3, local_epochs=1,
                    data_root=IOPFLConfig.data_root, datalist_dir=IOPFLConfig.datalist_dir)
     p.add_argument("--algorithm", choices=ALGORITHMS, default="iopfl", help="method the sites run")
@@ -40,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=IOPFLConfig.lr)
     p.add_argument("--batch-size", type=int, default=IOPFLConfig.batch_size)
     p.add_argument("--tta-passes", type=int, default=IOPFLConfig.tta_passes, help="test-time routing passes")
-    args = parse_job_args(p, argv)
+    args = parse_job_args(p, argv, check=_check if check else None)
     if args.sites is None:
         args.sites = list(SITES[: args.n_clients])
     if args.ood_test and args.ood_test not in args.sites:
@@ -72,15 +80,39 @@ def build_recipe(args):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, check=True)
     result = execute(build_recipe(args), args)
-    if result is not None:
-        from src.reporting.summary import report
-
-        report(result, key_metric="val_dice")
-        for path in Path(result).rglob("iopfl_outside.json"):
-            print(f"outside scores: {path}\n{path.read_text()}")
+    summary = finish(result, args, key_metric="val_dice")
+    if summary is not None:
+        print_outside(result)
     return 0
+
+
+def print_outside(result) -> None:
+    """The outside (held-out site) scores the server wrote, as a table; says so when there are none."""
+    import json
+
+    paths = sorted(Path(result).rglob("iopfl_outside.json"))
+    if not paths:
+        print("\nOutside evaluation: none (run with --ood-test SITE --export-personalised for it)")
+        return
+    for path in paths:
+        scores = json.loads(path.read_text())
+        print(f"\nOutside evaluation (held-out site, test-time routing over the personalised models): {path}")
+        print(_outside_table(scores))
+
+
+def _outside_table(out: dict) -> str:
+    metrics = out.get("metrics") or {}
+    lines = [f"held-out site: {out.get('ood_site')}; personalised models relayed from: "
+             f"{', '.join(out.get('experts_from') or []) or 'none'}"
+             + (f"; refused (opt-in off): {', '.join(out['refused'])}" if out.get("refused") else "")]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {float(v):.4f} |" for k, v in metrics.items() if isinstance(v, (int, float))]
+    else:
+        lines.append("no scores (no personalised model was exported)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from nvflare.app_opt.pt.recipes import FedAvgRecipe
 
 from src.aggregators.fedavg import FedAvgAggregator
 from src.protocol import PHASE_KEY, pack_payload
+from src.reporting.console import RoundClock
 
 __all__ = ["FederatedFedAvg", "ControllerRecipe"]
 
@@ -40,6 +41,7 @@ class FederatedFedAvg(FedAvg):
         super().__init__(*args, **kwargs)
         self.train_sites = list(train_sites or [])
         self._global_model: FLModel | None = None
+        self._clock = RoundClock()
 
     # ---- hooks for server rules ------------------------------------------------------------------------
     def round_extras(self, model: FLModel) -> dict:
@@ -74,11 +76,17 @@ class FederatedFedAvg(FedAvg):
     def update_model(self, model, aggr_result):
         """FedAvg's update, remembering the result: the trained global model."""
         self._global_model = super().update_model(model, aggr_result)
+        self._clock.round_done(self.current_round, self.num_rounds, aggr_result.metrics, n_sites=_n_sites(aggr_result))
         return self._global_model
 
     def final_global_model(self) -> FLModel:
         """The global model after the last round (before any round: the persistor's initial model)."""
         return self._global_model if self._global_model is not None else self.load_model()
+
+
+def _n_sites(result: FLModel) -> int:
+    meta = result.meta or {}
+    return len(meta.get("aggregated_sites") or []) or int(meta.get("nr_aggregated") or 0)
 
 
 def _with_extras(model: FLModel, extras: Mapping) -> FLModel:

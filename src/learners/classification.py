@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from ignite.metrics import Accuracy
-from monai.handlers import ROCAUC
+from ignite.metrics import Accuracy, EpochMetric
+from monai.metrics import compute_roc_auc
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -61,9 +61,20 @@ class ClassificationLearner(FederatedLearner):
         return Compose(base + [EnsureTyped(keys=("image", "label"), track_meta=False)])
 
     def build_metrics(self, prefix: str) -> dict:
-        return {f"{prefix}_accuracy": Accuracy(output_transform=_logits_and_index), f"{prefix}_auc": ROCAUC(
-            output_transform=_probabilities_and_onehot
+        return {f"{prefix}_accuracy": Accuracy(output_transform=_logits_and_index), f"{prefix}_auc": EpochMetric(
+            macro_auc_where_defined, output_transform=_probabilities_and_onehot, check_compute_fn=False
         )}
+
+
+def macro_auc_where_defined(probabilities: torch.Tensor, onehot: torch.Tensor) -> float:
+    """Macro one-vs-rest ROC AUC over the classes it is defined for (present and absent in the labels).
+
+    MONAI's macro AUC is NaN as soon as one class is missing from a small validation split (a few images per site);
+    this averages the defined classes instead and is NaN only when no class has both outcomes.
+    """
+    values = [compute_roc_auc(probabilities[:, c], onehot[:, c]) for c in range(onehot.shape[1])
+              if 0 < int(onehot[:, c].sum()) < onehot.shape[0]]
+    return float(sum(values) / len(values)) if values else float("nan")
 
 
 def _stack(output, key):

@@ -12,10 +12,12 @@ import argparse
 import importlib
 import json
 import logging
+import time
 import traceback
 from pathlib import Path
 
 from src.protocol import NUM_STEPS_KEY, PHASE_KEY, SITE_KEY, unpack_payload
+from src.reporting.console import progress, site_line
 
 STAGED_CONFIG = "learner_config.json"
 
@@ -40,11 +42,11 @@ class MetricLogger:
     """
 
     def __init__(self, tracking, config: dict):
-        from nvflare.client.tracking import MLflowWriter, SummaryWriter
+        from nvflare.client.tracking import SummaryWriter
 
+        # the configuration is not sent from here: the TensorBoard receiver would turn each value into a text card
+        # ahead of the results table; the job's report logs it (and the run's settings) as MLflow parameters
         self.writer = SummaryWriter() if tracking else None
-        if "mlflow" in tracking:  # the run's configuration as MLflow parameters
-            MLflowWriter().log_params({k: str(v)[:250] for k, v in config.items() if k != "extra"})
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.writer:
@@ -64,8 +66,8 @@ def run(staged: dict) -> None:
         # fail the job with the reason instead of leaving the server waiting for this site
         log.error(f"{site}: cannot start the learner:\n{traceback.format_exc()}")
         raise
-    print(f"{site}: {type(learner).__name__} on {learner.device}, "
-          f"{ {k: len(v) for k, v in learner.datalist.items()} } cases", flush=True)
+    cases = ", ".join(f"{len(v)} {k}" for k, v in learner.datalist.items())
+    progress(f"{site}: {type(learner).__name__} on {learner.device}, {cases} cases")
     metrics_log = MetricLogger(learner.config.tracking, staged["config"])
     while flare.is_running():
         received = flare.receive()
@@ -85,14 +87,17 @@ def run(staged: dict) -> None:
             flare.send(FLModel(params=params, metrics=metrics, meta={SITE_KEY: site}))
             continue
         round_number = received.current_round or 0
-        print(f"{site} round {round_number}: training started", flush=True)
+        started = time.monotonic()
         result = learner.fit_round(params, round_number, extras)
         metrics_log.log(result.metrics, round_number)
-        train = {k: v for k, v in result.metrics.items() if k.startswith("train_")}
-        print(f"{site} round {round_number}: {_fmt(result.received_metrics)} (global) {_fmt(train)}", flush=True)
-        # the received global model's validation score is what the server's model selection compares
+        log.info(f"{site} round {round_number}: {_fmt(result.received_metrics)} (global) {_fmt(result.metrics)}")
+        progress(site_line(round_number, received.total_rounds, site, result.metrics, result.received_metrics,
+                           learner.key_metric, time.monotonic() - started))
+        # the received global model's validation score (val_*) is what the server's model selection compares;
+        # the local / personalised scores and training figures ride along for the server's round table
         meta = {NUM_STEPS_KEY: result.num_steps, **result.meta}
-        flare.send(FLModel(params=result.params, metrics=result.received_metrics, meta=meta))
+        sent = {**result.metrics, **result.received_metrics}
+        flare.send(FLModel(params=result.params, metrics=sent, meta=meta))
 
 
 def _fmt(metrics: dict[str, float]) -> str:

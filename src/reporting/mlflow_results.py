@@ -22,7 +22,8 @@ __all__ = ["publish_results", "relocate_artifacts", "tracking_uri", "RESULTS_RUN
 RESULTS_RUN_SUFFIX = "-results"
 ARTIFACT_DIR = "artifacts"  # the receiver's default artifact_location, relative to the server's run folder
 MODEL_FILES = ("FL_global_model.pt", "best_FL_global_model.pt")
-TABLE_FILES = ("summary.md", "summary.json", "learning_curves.png", "cross_site_val/cross_val_results.json")
+TABLE_FILES = ("summary.md", "summary.json", "learning_curves.png", "cross_site.md", "cross_site.png",
+               "cross_site_val/cross_val_results.json")
 
 
 def tracking_uri(server_dir: str | Path) -> str:
@@ -67,30 +68,72 @@ def _job_experiment(client, job_name: str | None):
     return experiments[0]
 
 
-def publish_results(server_dir: str | Path, job_name: str | None = None, key_metric: str | None = None) -> str:
-    """Log the final/best global models and the result table as artifacts of a ``<job>-results`` run.
+def _site_of(run, job: str, launch: str) -> str | None:
+    """The site of a receiver-made run (``<site>-<job id[:6]>-<job>-<launch>``)."""
+    name = run.data.tags.get("run_name") or run.info.run_name or ""
+    suffix = f"-{run.data.tags.get('job_id', '')[:6]}-{job}-{launch}"
+    return name[: -len(suffix)] if name.endswith(suffix) else None
+
+
+def _log_params(client, run_id: str, params: dict) -> None:
+    existing = client.get_run(run_id).data.params
+    for key, value in params.items():
+        value = str(value)[:250]
+        if key not in existing:
+            client.log_param(run_id, key, value)
+
+
+def publish_results(server_dir: str | Path, job_name: str | None = None, key_metric: str | None = None, *,
+                    tracking_uri: str | None = None, launch: str | None = None, params: dict | None = None) -> str:
+    """Log the final/best global models and the result table as artifacts of a results run.
 
     Args:
-        server_dir: the job's server folder (holds ``mlflow.db``, ``app_server/``, ``summary.md``).
-        job_name: picks the experiment ``<job_name>-experiment``; default: the only NVFlare experiment.
+        server_dir: the job's server folder (holds ``app_server/``, ``summary.md``; ``mlflow.db`` when the job
+            used NVFlare's per-job store).
+        job_name: picks the experiment (``<job_name>`` in a project store, ``<job_name>-experiment`` in a per-job
+            store); default: the only NVFlare experiment.
         key_metric: unused for selection; logged as a tag so the dashboard says which metric ranks models.
+        tracking_uri: the project store the job's receiver wrote to (default: ``<server_dir>/mlflow.db``).
+        launch: the ``launch`` tag of this run's site runs (see ``jobs.console.tracking_config``): they are renamed
+            ``<job>/<site>`` and the results run is ``<job>/results``; without it the results run is
+            ``<job>-results`` (one per per-job store).
+        params: the run's settings and learner configuration, logged as parameters of every run of this launch.
 
     Returns:
-        The id of the results run (an earlier results run of the same job is replaced).
+        The id of the results run (an earlier results run of the same launch or per-job store is replaced).
     """
     from mlflow.tracking import MlflowClient
 
     server_dir = Path(server_dir).resolve()
-    relocate_artifacts(server_dir)
-    client = MlflowClient(tracking_uri=tracking_uri(server_dir))
-    experiment = _job_experiment(client, job_name)
+    if tracking_uri is None:
+        relocate_artifacts(server_dir)
+        tracking_uri = f"sqlite:///{server_dir / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(job_name) if job_name and launch else None
+    experiment = experiment or _job_experiment(client, job_name)
     # MLflow 3's UI opens untyped experiments as GenAI (traces); ours are model training with metric curves
     client.set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind", "custom_model_development")
-    name = experiment.name.removesuffix("-experiment") + RESULTS_RUN_SUFFIX
-    for old in client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{name}'"):
+    job = job_name or experiment.name.removesuffix("-experiment")
+    if launch:
+        name = f"{job}/results"
+        site_runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.launch = '{launch}'")
+        old_results = [r for r in site_runs if r.data.tags.get("role") == "results"]
+        site_runs = [r for r in site_runs if r.data.tags.get("role") != "results"]
+        for run in site_runs:
+            site = _site_of(run, job, launch)
+            if site:
+                client.set_tag(run.info.run_id, "mlflow.runName", f"{job}/{site}")
+                client.set_tag(run.info.run_id, "site", site)
+    else:
+        name = experiment.name.removesuffix("-experiment") + RESULTS_RUN_SUFFIX
+        old_results = client.search_runs([experiment.experiment_id],
+                                          filter_string=f"tags.mlflow.runName = '{name}'")
+        site_runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("role") != "results"]
+    for old in old_results:
         client.delete_run(old.info.run_id)
-    site_runs = client.search_runs([experiment.experiment_id])
     tags = {"mlflow.runName": name, "role": "results"}
+    if launch:
+        tags["launch"] = launch
     if site_runs and "job_id" in site_runs[0].data.tags:
         tags["job_id"] = site_runs[0].data.tags["job_id"]
     if key_metric:
@@ -98,8 +141,10 @@ def publish_results(server_dir: str | Path, job_name: str | None = None, key_met
     run = client.create_run(experiment.experiment_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     if site_runs:  # the configuration is the same at every site
-        for key, value in site_runs[0].data.params.items():
-            client.log_param(run_id, key, value)
+        _log_params(client, run_id, site_runs[0].data.params)
+    if params:
+        for target in [run_id] + [r.info.run_id for r in site_runs]:
+            _log_params(client, target, params)
     for model in MODEL_FILES:
         path = server_dir / "app_server" / model
         if path.exists():

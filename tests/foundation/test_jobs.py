@@ -102,16 +102,22 @@ def test_prostate_simulator_run_fills_both_dashboards(prostate_data, tmp_path):
         assert np.allclose(sorted(tb_val), sorted(values), atol=1e-6)  # the same values NVFlare recorded
     assert set(summary["cross_site"]) == {"site-1", "site-2"}
     assert "SRV_best_FL_global_model.pt" in summary["cross_site"]["site-1"]
-    with sqlite3.connect(server_dir / "mlflow.db") as db:
+    # one MLflow store per project (the workspace's mlruns/), runs named <job>/<site>
+    assert not (server_dir / "mlflow.db").exists()
+    assert summary["tracking_uri"] == f"sqlite:///{(tmp_path / 'ws' / 'mlruns' / 'mlflow.db').resolve()}"
+    with sqlite3.connect(tmp_path / "ws" / "mlruns" / "mlflow.db") as db:
         query = "select r.name, m.key, m.value from metrics m join runs r on m.run_uuid = r.run_uuid"
         rows = db.execute(query).fetchall()
         params = {k for (k,) in db.execute("select key from params")}
     for site in ("site-1", "site-2"):
-        keys = {k for name, k, _ in rows if name.startswith(site)}
+        keys = {k for name, k, _ in rows if name == f"prostate_fedavg/{site}"}
         assert {"train_loss", "val_dice", "val_dice_local"} <= keys
     assert all(np.isfinite(v) for _, _, v in rows)
     assert {"lr", "local_epochs", "roi_size"} <= params
     assert (server_dir / "summary.md").is_file() and (server_dir / "learning_curves.png").is_file()
+    assert (server_dir / "cross_site.png").is_file()
+    for site in ("site-1", "site-2"):  # no configuration text cards ahead of the results table in TensorBoard
+        assert EventAccumulator(str(server_dir / "tb_events" / site)).Reload().Tags()["tensors"] == []
 
 
 @pytest.mark.sim
