@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import os
 import random
 import time
@@ -281,9 +282,11 @@ class FederatedLearner(ABC):
 
     # ---- engines ---------------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        ds = CacheDataset(
-            self.datalist[split], self.transforms(split), cache_rate=self.config.cache_rate, progress=False
-        )
+        # each item carries its source file (SOURCE_KEY, a plain string untouched by the dict transforms), so a
+        # non-finite training loss names the files of its batch even when the transforms drop the image metadata
+        items = [{SOURCE_KEY: _source_of(item), **item} if isinstance(item, Mapping) else item
+                 for item in self.datalist[split]]
+        ds = CacheDataset(items, self.transforms(split), cache_rate=self.config.cache_rate, progress=False)
         return DataLoader(
             ds,
             batch_size=self.config.batch_size if split == "training" else 1,
@@ -317,7 +320,12 @@ class FederatedLearner(ABC):
         self._loss_sum, self._loss_count = 0.0, 0
 
     def _accumulate_loss(self, engine) -> None:
-        self._loss_sum += engine.state.output["loss"].item()
+        loss = engine.state.output["loss"].item()
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"{self.site}: round {self.round}: training loss is {loss} at epoch {engine.state.epoch}, iteration "
+                f"{engine.state.iteration} (batch files: {_batch_files(engine.state.batch) or 'unknown'})")
+        self._loss_sum += loss
         self._loss_count += 1
 
     def _evaluator(self, split: str) -> SupervisedEvaluator:
@@ -360,8 +368,19 @@ class FederatedLearner(ABC):
         self.round = self.round + 1 if round_number is None else round_number
         self.begin_round(params or {}, extras or {})
         start = time.perf_counter()
+        before = copy.deepcopy((self.model.state_dict(), self.optimizer.state_dict()))
+        before_epoch = (self.trainer.state.epoch, self.trainer.state.iteration)
         self.trainer.state.max_epochs = self.trainer.state.epoch + self.config.local_epochs
-        self.trainer.run()
+        try:
+            self.trainer.run()
+        except NonFiniteLossError:
+            # the step already applied NaN gradients: back to the round's start, a fresh trainer, nothing sent
+            self.model.load_state_dict(before[0])
+            self.optimizer.load_state_dict(before[1])
+            epoch = before_epoch
+            self.trainer = self._build_trainer()
+            self.trainer.state.epoch, self.trainer.state.iteration = epoch
+            raise
         return self.end_round({
             "train_loss": self._loss_sum / max(self._loss_count, 1),
             "train_seconds": time.perf_counter() - start,
@@ -417,6 +436,36 @@ class FederatedLearner(ABC):
         path = self.checkpoint_path("best")
         state = torch.load(path, weights_only=True) if path.exists() else self.model.state_dict()
         return {k: state[k].cpu() for k in self.shared_keys()}
+
+
+class NonFiniteLossError(RuntimeError):
+    """A site's own training produced a NaN/Inf loss; the round is abandoned (the model is back at its start)."""
+
+
+#: batch key holding each item's source file (see ``_loader``)
+SOURCE_KEY = "source_file"
+
+
+def _source_of(item: Mapping) -> str:
+    value = item.get("image", next(iter(item.values()), ""))
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _batch_files(batch) -> list[str]:
+    """The source files of a MONAI batch (:data:`SOURCE_KEY`, else ``MetaTensor.meta['filename_or_obj']``)."""
+    files = []
+    if isinstance(batch, Mapping) and batch.get(SOURCE_KEY) is not None:
+        names = batch[SOURCE_KEY]
+        return [str(n) for n in ([names] if isinstance(names, str) else names)]
+    values = batch.values() if isinstance(batch, Mapping) else (batch if isinstance(batch, (list, tuple)) else [])
+    for value in values:
+        names = getattr(value, "meta", {}).get("filename_or_obj") if hasattr(value, "meta") else None
+        if isinstance(names, str):
+            names = [names]
+        for name in names or []:
+            if str(name) not in files:
+                files.append(str(name))
+    return files
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

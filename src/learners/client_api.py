@@ -15,7 +15,7 @@ import logging
 import traceback
 from pathlib import Path
 
-from src.protocol import NUM_STEPS_KEY, PHASE_KEY, SITE_KEY, unpack_payload
+from src.protocol import NUM_STEPS_KEY, PHASE_KEY, ROUND_ERROR_KEY, SITE_KEY, unpack_payload
 
 STAGED_CONFIG = "learner_config.json"
 
@@ -56,6 +56,8 @@ def run(staged: dict) -> None:
     import nvflare.client as flare
     from nvflare.app_common.abstract.fl_model import FLModel
 
+    from src.learners.base import NonFiniteLossError
+
     flare.init()
     site = flare.get_site_name()
     try:
@@ -86,13 +88,36 @@ def run(staged: dict) -> None:
             continue
         round_number = received.current_round or 0
         print(f"{site} round {round_number}: training started", flush=True)
-        result = learner.fit_round(params, round_number, extras)
+        try:
+            result = learner.fit_round(params, round_number, extras)
+        except NonFiniteLossError as e:  # nothing trained is sent; the server drops this site for the round
+            log.error(str(e))
+            flare.send(FLModel(params=learner.shared_state(), meta={NUM_STEPS_KEY: 0, ROUND_ERROR_KEY: str(e)}))
+            continue
+        inject_fault(learner, site, result)
         metrics_log.log(result.metrics, round_number)
         train = {k: v for k, v in result.metrics.items() if k.startswith("train_")}
         print(f"{site} round {round_number}: {_fmt(result.received_metrics)} (global) {_fmt(train)}", flush=True)
         # the received global model's validation score is what the server's model selection compares
         meta = {NUM_STEPS_KEY: result.num_steps, **result.meta}
         flare.send(FLModel(params=result.params, metrics=result.received_metrics, meta=meta))
+
+
+#: ``config.extra`` key of the reliability tests' fault injection: ``{"site": ..., "kind": "nan_weights" |
+#: "huge_weight"}`` makes that site send a poisoned update (the server must drop it). Never set by a job script.
+FAULT_KEY = "fault_injection"
+
+
+def inject_fault(learner, site: str, result) -> None:
+    fault = (learner.config.extra or {}).get(FAULT_KEY) or {}
+    if fault.get("site") != site:
+        return
+    if fault.get("kind") == "nan_weights":
+        key = next(k for k, v in result.params.items() if v.is_floating_point())
+        result.params[key] = result.params[key].clone().fill_(float("nan"))
+    elif fault.get("kind") == "huge_weight":
+        result.num_steps = 10**12
+    log.warning(f"{site}: fault injection {fault.get('kind')!r} applied to this round's update")
 
 
 def _fmt(metrics: dict[str, float]) -> str:
