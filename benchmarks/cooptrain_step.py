@@ -14,9 +14,6 @@ Writes JSON to benchmarks/results/cooptrain_step.json (or --out) and prints a ma
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._report import interleaved_seconds, machine, write_report  # noqa: E402
 from src.learners.cooperative_step import (  # noqa: E402
     CooperativeConfig,
     add_input_noise,
@@ -74,12 +72,6 @@ def _batch(size: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
     return image, label
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _phase_breakdown(model, optimizer, image, label, cfg, generator) -> dict[str, float | str]:
     """Seconds per phase of one cooperative step (same computation as `cooperative_step`), and the schemes."""
     times: dict[str, float | str] = {}
@@ -118,13 +110,8 @@ def run(args: argparse.Namespace) -> dict:
     def step(name: str) -> None:
         cooperative_step(model, optimizer, image, label, configs[name], generator)
 
-    for _ in range(args.warmup):
-        for name in configs:
-            step(name)
-    seconds: dict[str, list[float]] = {name: [] for name in configs}
-    for _ in range(args.repeats):
-        for name in configs:
-            seconds[name].append(_timed(lambda name=name: step(name)))
+    seconds = interleaved_seconds({name: lambda name=name: step(name) for name in configs}, args.repeats,
+                                  warmup=args.warmup)
     median = {name: statistics.median(values) for name, values in seconds.items()}
     ratio = median["cooperative"] / median["standard"]
     # instrumented cooperative steps, one per repeat; phase medians (the schemes drawn vary between samples)
@@ -136,8 +123,7 @@ def run(args: argparse.Namespace) -> dict:
         "benchmark": "cooptrain_step",
         "setting": {"size": args.size, "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup,
                     "threads": args.threads, "seed": args.seed, "quick": args.quick},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                    "cpu_count": os.cpu_count(), "load_average_1m": os.getloadavg()[0]},
+        "machine": machine(),
         "seconds_per_step": seconds,
         "median_seconds": median,
         "ratio_cooperative_to_standard": ratio,
@@ -175,10 +161,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = _parse_args(argv)
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(markdown(result))
-    print(f"\nwrote {args.out}")
+    write_report(result, args.out, markdown(result))
     return result
 
 

@@ -16,7 +16,6 @@ Also: simulator start-up (launch to first training step) and peak memory (RSS) o
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import resource
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._report import write_report  # noqa: E402
 from src.config.tutorial import ProstateConfig  # noqa: E402
 from src.learners.segmentation import SegmentationLearner  # noqa: E402
 
@@ -179,8 +179,6 @@ def main(argv=None) -> int:
         "peak_rss_mb_benchmark_process": own_peak_mb,
         "machine": {"cpus": __import__("os").cpu_count(), "torch": torch.__version__},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fedavg_overhead.json").write_text(json.dumps(results, indent=2))
     table = "\n".join([
         "| measure | value | goal |",
         "|---|---|---|",
@@ -193,8 +191,8 @@ def main(argv=None) -> int:
         f"| peak RSS, largest simulator process | {sim_peak_mb:.0f} MB | |",
         f"| peak RSS, benchmark process (plain loops + learners) | {own_peak_mb:.0f} MB | |",
     ])
-    (out / "fedavg_overhead.md").write_text(table + "\n")
-    print("\n" + table + f"\n\nwritten: {out / 'fedavg_overhead.json'}")
+    print()
+    write_report(results, out / "fedavg_overhead.json", table, markdown=out / "fedavg_overhead.md")
     return 0
 
 

@@ -15,12 +15,9 @@ Writes ``benchmarks/results/fedicra_step.json`` and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +27,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks._report import median_seconds, write_report  # noqa: E402
 from src.losses.gated_crf import gated_crf_loss  # noqa: E402
 from src.losses.partial_ce import partial_cross_entropy  # noqa: E402
 from src.losses.site_contrastive import site_contrastive_loss  # noqa: E402
@@ -71,15 +69,6 @@ def fedicra_step(model, optimizer, image, label, site, classes):
     loss.backward()
     optimizer.step()
     return float(loss.detach())
-
-
-def _timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _unfold_gated_crf(probs, image, radius=5, sigma_xy=6.0, sigma_rgb=0.1):
@@ -145,7 +134,7 @@ def run(size: int, batch: int, repeats: int, threads: int, channels: int, classe
     unlabeled = label == classes
 
     fedicra_step(model, optimizer, image, label, site, classes)  # warm-up (numba JIT, allocator)
-    full = _timed(lambda: fedicra_step(model, optimizer, image, label, site, classes), repeats)
+    full = median_seconds(lambda: fedicra_step(model, optimizer, image, label, site, classes), repeats)
 
     with torch.no_grad():
         out = model(image)
@@ -161,14 +150,14 @@ def run(size: int, batch: int, repeats: int, threads: int, channels: int, classe
     def forward_only():
         model(image)
 
-    tree = _timed(tree_fb, repeats)
-    crf = _timed(crf_fb, repeats)
-    fwd = _timed(forward_only, repeats)
+    tree = median_seconds(tree_fb, repeats)
+    crf = median_seconds(crf_fb, repeats)
+    fwd = median_seconds(forward_only, repeats)
 
     # where the tree loss time goes: MSTs (1 image tree + 3 aux trees) vs the filter passes
     guide3 = image if channels == 3 else image.repeat(1, 3, 1, 1)
     aux_up = [F.interpolate(a.detach(), size=(size, size), mode="bilinear", align_corners=False) for a in aux]
-    mst = _timed(lambda: [build_grid_mst(g) for g in [guide3, *aux_up]], repeats)
+    mst = median_seconds(lambda: [build_grid_mst(g) for g in [guide3, *aux_up]], repeats)
     trees = [build_grid_mst(g) for g in [guide3, *aux_up]]
     probs = torch.softmax(logits.detach(), 1).requires_grad_(True)
 
@@ -178,8 +167,8 @@ def run(size: int, batch: int, repeats: int, threads: int, channels: int, classe
             y = tree_filter(y, tree_edge_weights(g, t, 0.02 if k == 0 else 1.0), t)
         y.sum().backward()
 
-    filt = _timed(filters_fb, repeats)
-    crf_unfold = _timed(lambda: _unfold_gated_crf(torch.softmax(logits, 1), image).backward(), repeats)
+    filt = median_seconds(filters_fb, repeats)
+    crf_unfold = median_seconds(lambda: _unfold_gated_crf(torch.softmax(logits, 1), image).backward(), repeats)
 
     mem_ours = crf_peak_memory_in_child("offset_loop", batch, size, classes, channels)
     mem_unfold = crf_peak_memory_in_child("unfold", batch, size, classes, channels)
@@ -245,10 +234,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.size, args.batch, args.repeats = 64, 2, 1
     result = run(args.size, args.batch, args.repeats, args.threads, args.channels, args.classes, args.sites)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(markdown(result))
-    print(f"\nwritten {args.out}")
+    write_report(result, args.out, markdown(result))
     return result
 
 

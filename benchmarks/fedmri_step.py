@@ -24,12 +24,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._report import interleaved_seconds, write_report  # noqa: E402
 from src.losses.weighted_contrastive import summarize_negatives, weighted_contrastive_loss  # noqa: E402
 from src.models.fastmri_unet import FastMRIUNet, encoder_decoder_keys  # noqa: E402
 
@@ -70,15 +69,7 @@ def _interleaved_seconds(fns: dict[str, Callable[[], None]], repeats: int) -> di
     Interleaving makes each repeat's measurements see the same machine load, so the per-repeat ratios stay
     meaningful on a shared machine even when absolute times drift.
     """
-    for fn in fns.values():
-        fn()  # warm-up (allocator, oneDNN kernels)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
+    return interleaved_seconds(fns, repeats, warmup=1)
 
 
 def _perturbed(state: dict[str, torch.Tensor], scale: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -210,10 +201,7 @@ def markdown_table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = _parse_args(argv)
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(markdown_table(result))
-    print(f"\nwritten: {args.out}")
+    write_report(result, args.out, markdown_table(result))
     return result
 
 

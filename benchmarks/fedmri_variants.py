@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._report import write_report  # noqa: E402
 from src.losses.weighted_contrastive import (  # noqa: E402
     contrastive_is_active,
     mean_state_dict,
@@ -225,10 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         "note": "synthetic random-ellipse phantoms, simulated single-coil k-space; shared, loaded machine",
         "variants": {v: run_variant(v, sites, args) for v in VARIANTS},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(markdown_table(result))
-    print(f"\nwritten: {args.out}")
+    write_report(result, args.out, markdown_table(result))
     return result
 
 

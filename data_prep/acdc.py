@@ -28,7 +28,6 @@ the first ``--fewshot-subjects`` of the shuffled training part.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from dataclasses import dataclass
@@ -46,15 +45,18 @@ from data_prep.cardiac_common import (
     validate_datalists,
     write_frame,
 )
+from data_prep.cli import Command, run_cli
 from data_prep.common import (
     DataValidationError,
     atomic_dir,
     check_label_values,
+    check_same_grid,
+    check_splits_non_empty,
     load_nifti,
     progress,
     site_names,
     split_by_fractions,
-    write_site_datalist,
+    write_datalists,
 )
 
 __all__ = [
@@ -68,6 +70,8 @@ __all__ = [
 ]
 
 SETTINGS = ("fewshot", "standard")
+SPLITS = ("training", "validation", "testing")
+TOOL = "data_prep.acdc"
 SITE = site_names(1)[0]
 _PID = re.compile(r"^patient\d{3}$")
 
@@ -155,13 +159,14 @@ def find_subjects(raw: str | Path) -> list[AcdcSubject]:
 
 
 def validate_subject(subject: AcdcSubject) -> None:
-    """Load and check the subject's ED/ES frames and labels (existence, NaN, rank, shape, spacing, label set)."""
+    """Load and check the subject's ED/ES frames and labels (existence, NaN, rank, shape, spacing, affine, labels)."""
     shapes = set()
     for frame in (subject.ed, subject.es):
         img_path, lab_path = subject.frame_paths(frame)
-        image, _, izooms = load_nifti(img_path, "image")
-        label, _, lzooms = load_nifti(lab_path, "label")
+        image, iaffine, izooms = load_nifti(img_path, "image")
+        label, laffine, lzooms = load_nifti(lab_path, "label")
         check_image_label_pair(image.shape, label.shape, izooms, lzooms, img_path, lab_path, ndim=3)
+        check_same_grid(image.shape, label.shape, iaffine, laffine, img_path, lab_path)
         check_label_values(label, ALLOWED_LABELS, lab_path)
         shapes.add(image.shape)
     cine = subject.folder / f"{subject.pid}_4d.nii.gz"
@@ -222,9 +227,11 @@ def convert(
         validate_subject(subject)
     pids = [s.pid for s in subjects]
     splits = {setting: acdc_splits(pids, setting, seed, fold, fewshot_subjects) for setting in SETTINGS}
+    for setting, split in splits.items():
+        check_splits_non_empty({SITE: split}, SPLITS, Path(datalist_dir) / f"acdc_{setting}")
     out = Path(out)
     frames: dict[str, list[CardiacFrame]] = {}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owner=f"{TOOL} convert", protect=[raw]) as tmp:
         for subject in progress(subjects, "ACDC convert"):
             frames[subject.pid] = []
             for phase, number in (("ED", subject.ed), ("ES", subject.es)):
@@ -237,24 +244,30 @@ def convert(
     written = {}
     for setting, split in splits.items():
         lists = {k: [f.entry() for pid in v for f in frames[pid]] for k, v in split.items()}
-        path = Path(datalist_dir) / f"acdc_{setting}" / f"{SITE}.json"
-        written[setting] = write_site_datalist(
-            path, out, lists, description=f"ACDC {setting} split (seed {seed}, fold {fold}); labels 1 LV, 2 MYO, 3 RV"
-        )
+        description = f"ACDC {setting} split (seed {seed}, fold {fold}); labels 1 LV, 2 MYO, 3 RV"
+        path = write_datalists(Path(datalist_dir) / f"acdc_{setting}", out, {SITE: lists}, f"{TOOL} convert",
+                               {SITE: description}, case_key=lambda item: item["subject"], require=SPLITS)[SITE]
+        written[setting] = path
         print(f"  wrote {path}: " + ", ".join(f"{k} {len(v)} subjects" for k, v in split.items()), flush=True)
     return written
 
 
-def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data_prep.acdc", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="write a synthetic data set in the raw ACDC layout")
+def _generate_arguments(gen) -> None:
     gen.add_argument("--out", default="data/raw/acdc", help="raw data set root (default: %(default)s)")
     gen.add_argument("--subjects", type=int, default=20, help="number of subjects (default: %(default)s)")
     gen.add_argument("--slices", type=int, default=8, help="short-axis slices per volume (default: %(default)s)")
     gen.add_argument("--frames", type=int, default=10, help="cine frames per subject (default: %(default)s)")
     gen.add_argument("--seed", type=int, default=0)
-    conv = sub.add_parser("convert", help="validate a raw ACDC copy, write ED/ES volumes and datalists")
+
+
+def _generate(a) -> None:
+    from data_prep.synthetic.cardiac import generate_acdc
+
+    generate_acdc(a.out, a.subjects, a.slices, a.frames, a.seed)
+    print(f"synthetic ACDC written to {a.out}")
+
+
+def _convert_arguments(conv) -> None:
     conv.add_argument("--raw", default="data/raw/acdc", help="folder holding training/ (default: %(default)s)")
     conv.add_argument("--out", default="data/acdc", help="output data root (default: %(default)s)")
     conv.add_argument("--datalist-dir", default="datalists", help="datalists go to DIR/acdc_{fewshot,standard}/")
@@ -262,32 +275,34 @@ def _parse_args(argv):
     conv.add_argument("--fold", type=int, default=0, help="the reference's few-shot validation fold 0-4")
     conv.add_argument("--fewshot-subjects", type=int, default=10, help="few-shot training subjects (default: 10)")
     conv.add_argument("--spacing", type=float, default=TARGET_SPACING, help="in-plane spacing in mm")
-    val = sub.add_parser("validate", help="check converted volumes and datalists")
+
+
+def _convert(a) -> None:
+    convert(a.raw, a.out, a.datalist_dir, a.seed, a.fold, a.fewshot_subjects, a.spacing)
+
+
+def _validate_arguments(val) -> None:
     val.add_argument("--data-root", default="data/acdc", help="converted data root (default: %(default)s)")
     val.add_argument("--datalist-dir", default="datalists")
     val.add_argument("--spacing", type=float, default=TARGET_SPACING)
-    return parser.parse_args(argv)
+
+
+def _validate(a) -> None:
+    for setting in SETTINGS:
+        files = sorted((Path(a.datalist_dir) / f"acdc_{setting}").glob("*.json"))
+        n = validate_datalists(files, a.data_root, a.spacing)
+        print(f"acdc_{setting}: {len(files)} datalist(s), {n} entries OK")
+
+
+COMMANDS = (
+    Command("generate", "write a synthetic data set in the raw ACDC layout", _generate_arguments, _generate),
+    Command("convert", "validate a raw ACDC copy, write ED/ES volumes and datalists", _convert_arguments, _convert),
+    Command("validate", "check converted volumes and datalists", _validate_arguments, _validate),
+)
 
 
 def main(argv=None) -> int:
-    args = _parse_args(argv)
-    try:
-        if args.command == "generate":
-            from data_prep.synthetic.cardiac import generate_acdc
-
-            generate_acdc(args.out, args.subjects, args.slices, args.frames, args.seed)
-            print(f"synthetic ACDC written to {args.out}")
-        elif args.command == "convert":
-            convert(args.raw, args.out, args.datalist_dir, args.seed, args.fold, args.fewshot_subjects, args.spacing)
-        else:
-            for setting in SETTINGS:
-                files = sorted((Path(args.datalist_dir) / f"acdc_{setting}").glob("*.json"))
-                n = validate_datalists(files, args.data_root, args.spacing)
-                print(f"acdc_{setting}: {len(files)} datalist(s), {n} entries OK")
-    except DataValidationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(f"python -m {TOOL}", __doc__.split("\n\n")[0], COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from data_prep.common import DataValidationError, check_inside_root, check_label_values, load_nifti
+from data_prep.common import (
+    DataValidationError,
+    check_inside_root,
+    check_label_values,
+    check_same_grid,
+    load_nifti,
+)
 
 __all__ = [
     "LABELS",
@@ -193,8 +199,8 @@ def validate_datalists(
 ) -> int:
     """Check converted datalists end to end; return the number of entries checked.
 
-    Every entry's image/label must stay inside ``data_root``, exist, load without NaNs, match in shape and
-    spacing, have labels in {0, 1, 2, 3} (and in-plane spacing ``check_spacing`` when given); each site needs
+    Every entry's image/label must stay inside ``data_root``, exist, load without NaNs, match in shape,
+    spacing and affine, have labels in {0, 1, 2, 3} (and in-plane spacing ``check_spacing`` when given); each site needs
     training cases; no subject may appear in two splits or two sites (no test leakage).
     """
     files = sorted(Path(f) for f in datalist_files)
@@ -212,9 +218,10 @@ def validate_datalists(
                         raise DataValidationError(f"{where}: field {field!r} is missing")
                 img_path = check_inside_root(item["image"], data_root, f"{where}.image")
                 lab_path = check_inside_root(item["label"], data_root, f"{where}.label")
-                image, _, izooms = load_nifti(img_path, f"{where}.image")
-                label, _, lzooms = load_nifti(lab_path, f"{where}.label")
+                image, iaffine, izooms = load_nifti(img_path, f"{where}.image")
+                label, laffine, lzooms = load_nifti(lab_path, f"{where}.label")
                 check_image_label_pair(image.shape, label.shape, izooms, lzooms, img_path, lab_path, ndim=3)
+                check_same_grid(image.shape, label.shape, iaffine, laffine, img_path, lab_path)
                 check_label_values(label, ALLOWED_LABELS, lab_path)
                 if check_spacing is not None and not np.allclose(izooms[:2], check_spacing, rtol=_SPACING_RTOL):
                     raise DataValidationError(

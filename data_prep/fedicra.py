@@ -17,20 +17,19 @@ Real data: point ``--data-root`` at the folder that holds ``Domain1..Domain5`` o
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from data_prep.cli import Command, run_cli
 from data_prep.common import (
     DataValidationError,
-    atomic_dir,
     check_inside_root,
     progress,
     split_by_fractions,
-    write_site_datalist,
+    write_datalists,
 )
 from data_prep.fedicra_layout import (
     TASKS,
@@ -44,6 +43,8 @@ from data_prep.fedicra_layout import (
 )
 
 __all__ = ["scan", "convert", "validate", "main"]
+
+TOOL = "data_prep.fedicra"
 
 
 def _default_datalist_dir(task: str) -> Path:
@@ -140,13 +141,14 @@ def convert(
         print(f"  {site} (Domain{k}): {len(train_ids)} train [{forms[k]}], {len(val_ids)} val, "
               f"{len(splits['test'])} test", flush=True)
     target = Path(datalist_dir) if datalist_dir is not None else _default_datalist_dir(task)
-    with atomic_dir(target) as tmp:
-        for site, splits in payloads.items():
-            description = (f"FedICRA {task} {site} ({layout} layout); training label = "
-                           f"{splits['training'][0]['sup_type']}, validation/testing label = mask; "
-                           f"{TASKS[task].num_classes} classes, ignore value {TASKS[task].num_classes}")
-            write_site_datalist(tmp / f"{site}.json", root, splits, description)
-    return {site: target / f"{site}.json" for site in payloads}
+    descriptions = {
+        site: (f"FedICRA {task} {site} ({layout} layout); training label = "
+               f"{splits['training'][0]['sup_type'] if splits['training'] else '-'}, validation/testing label = mask; "
+               f"{TASKS[task].num_classes} classes, ignore value {TASKS[task].num_classes}")
+        for site, splits in payloads.items()
+    }
+    require = ("training", "validation") if val_fraction > 0 else ("training",)
+    return write_datalists(target, root, payloads, f"{TOOL} convert", descriptions, require=require)
 
 
 def validate(data_root: str | os.PathLike, task: str, datalist_dir: str | os.PathLike | None = None) -> int:
@@ -187,45 +189,60 @@ def validate(data_root: str | os.PathLike, task: str, datalist_dir: str | os.Pat
     return n
 
 
-def main(argv=None) -> int:
-    from data_prep.synthetic.fedicra import add_generate_arguments, generate
+def _generate_arguments(g) -> None:
+    from data_prep.synthetic.fedicra import add_generate_arguments
 
-    p = argparse.ArgumentParser(prog="python -m data_prep.fedicra", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    add_generate_arguments(sub.add_parser("generate", help="write synthetic FAZ/ODOC sets in the release layouts"))
-    for name, text in (("convert", "check the release and write per-site datalists"),
-                       ("validate", "check the release, and the datalists if they exist, writing nothing")):
-        c = sub.add_parser(name, help=text)
-        c.add_argument("--task", choices=sorted(TASKS), required=True)
-        c.add_argument("--data-root", required=True, help="folder holding Domain1..DomainN (h5 or PNG tree)")
-        c.add_argument("--layout", choices=("auto", "h5", "png"), default="auto", help="(default: %(default)s)")
-        c.add_argument("--sup-types", default="paper",
-                       help="sparse form per site: 'paper' (default), 'code' (reference configs) or a comma list "
-                            "of scribble,scribble_noisy,keypoint,block,box,mask")
-        c.add_argument("--datalist-dir", default=None, help="default: datalists/fedicra_<task>")
-        if name == "convert":
-            c.add_argument("--val-fraction", type=float, default=0.2,
-                           help="share of each site's train folder held out for validation (default: %(default)s)")
-            c.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    try:
-        if a.command == "generate":
-            for root in generate(a.out, a.task, a.n_sites, a.n_train, a.n_test, a.size, a.layout, a.seed):
-                print(f"wrote {root}")
-        elif a.command == "convert":
-            written = convert(a.data_root, a.task, a.layout, a.sup_types, a.val_fraction, a.seed, a.datalist_dir)
-            print("datalists: " + ", ".join(str(p) for p in written.values()))
-        else:
-            scan(a.data_root, a.task, a.layout, a.sup_types)
-            folder = Path(a.datalist_dir) if a.datalist_dir else _default_datalist_dir(a.task)
-            if folder.is_dir():
-                print(f"validated {validate(a.data_root, a.task, folder)} datalist entries in {folder}")
-            print("ok")
-    except (DataValidationError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    add_generate_arguments(g)
+
+
+def _generate(a) -> None:
+    from data_prep.synthetic.fedicra import generate
+
+    for root in generate(a.out, a.task, a.n_sites, a.n_train, a.n_test, a.size, a.layout, a.seed):
+        print(f"wrote {root}")
+
+
+def _release_arguments(c) -> None:
+    c.add_argument("--task", choices=sorted(TASKS), required=True)
+    c.add_argument("--data-root", required=True, help="folder holding Domain1..DomainN (h5 or PNG tree)")
+    c.add_argument("--layout", choices=("auto", "h5", "png"), default="auto", help="(default: %(default)s)")
+    c.add_argument("--sup-types", default="paper",
+                   help="sparse form per site: 'paper' (default), 'code' (reference configs) or a comma list "
+                        "of scribble,scribble_noisy,keypoint,block,box,mask")
+    c.add_argument("--datalist-dir", default=None, help="default: datalists/fedicra_<task>")
+
+
+def _convert_arguments(c) -> None:
+    _release_arguments(c)
+    c.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of each site's train folder held out for validation (default: %(default)s)")
+    c.add_argument("--seed", type=int, default=0)
+
+
+def _convert(a) -> None:
+    written = convert(a.data_root, a.task, a.layout, a.sup_types, a.val_fraction, a.seed, a.datalist_dir)
+    print("datalists: " + ", ".join(str(p) for p in written.values()))
+
+
+def _validate(a) -> None:
+    scan(a.data_root, a.task, a.layout, a.sup_types)
+    folder = Path(a.datalist_dir) if a.datalist_dir else _default_datalist_dir(a.task)
+    if folder.is_dir():
+        print(f"validated {validate(a.data_root, a.task, folder)} datalist entries in {folder}")
+    print("ok")
+
+
+COMMANDS = (
+    Command("generate", "write synthetic FAZ/ODOC sets in the release layouts", _generate_arguments, _generate),
+    Command("convert", "check the release and write per-site datalists", _convert_arguments, _convert),
+    Command("validate", "check the release, and the datalists if they exist, writing nothing", _release_arguments,
+            _validate),
+)
+
+
+def main(argv=None) -> int:
+    # ValueError: scan/convert check their arguments (task, layout, sup types, fractions) with it
+    return run_cli(f"python -m {TOOL}", __doc__, COMMANDS, argv, user_errors=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -27,11 +27,9 @@ CLI: ``python -m data_prep.fedmri {generate,convert,validate} --help``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,15 +39,17 @@ import h5py
 import numpy as np
 
 from data_prep._mri_fft import center_crop, fft2c, ifft2c, rss
+from data_prep.cli import Command, run_cli
 from data_prep.common import (
     DataValidationError,
     atomic_dir,
     check_inside_root,
     check_label_values,
+    check_splits_non_empty,
     load_nifti,
     progress,
     split_by_fractions,
-    write_site_datalist,
+    write_datalists,
 )
 
 __all__ = [
@@ -75,6 +75,7 @@ BRATS_CASE = re.compile(r"^BraTS19_[A-Za-z0-9]+_[A-Za-z0-9]+_1$")
 ISMRMRD_NS = "{http://www.ismrm.org/ISMRMRD}"
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 SPLITS = ("training", "validation", "testing")
+TOOL = "data_prep.fedmri"
 
 
 @dataclass
@@ -231,8 +232,8 @@ def inspect_brats_case(case_dir: str | os.PathLike, modality: str = "t1", min_fo
     """Validate one BraTS 2019 case folder and return the slices to convert and the in-plane matrix.
 
     Checks: the folder name ``BraTS19_<centre>_<id>_1``; ``<case>_<modality>.nii.gz`` exists, loads, is 3-D and
-    finite; every other modality and ``seg`` present have the same shape and spacing; ``seg`` values are in
-    {0, 1, 2, 4}; at least one axial slice has ``min_foreground`` non-zero pixels.
+    finite; every other modality and ``seg`` present have the same shape, spacing and affine; ``seg`` values are
+    in {0, 1, 2, 4}; at least one axial slice has ``min_foreground`` non-zero pixels.
     """
     import nibabel as nib
 
@@ -242,7 +243,7 @@ def inspect_brats_case(case_dir: str | os.PathLike, modality: str = "t1", min_fo
         raise DataValidationError(f"case: folder {str(case_dir)!r} is not named BraTS19_<centre>_<id>_1")
     if modality not in BRATS_MODALITIES:
         raise ValueError(f"modality must be one of {BRATS_MODALITIES}, got {modality!r}")
-    image, _, zooms = load_nifti(case_dir / f"{case}_{modality}.nii.gz", field=modality)
+    image, affine, zooms = load_nifti(case_dir / f"{case}_{modality}.nii.gz", field=modality)
     if image.ndim != 3:
         raise DataValidationError(f"{modality}: {str(case_dir)!r} image must be 3-D [x, y, z], got shape {image.shape}")
     for other in (*BRATS_MODALITIES, "seg"):
@@ -250,7 +251,8 @@ def inspect_brats_case(case_dir: str | os.PathLike, modality: str = "t1", min_fo
         if other == modality or not other_path.exists():
             continue
         try:
-            header = nib.load(str(other_path)).header
+            other_image = nib.load(str(other_path))
+            header = other_image.header
         except Exception as e:  # nibabel raises several types for broken headers
             raise DataValidationError(f"{other}: cannot read NIfTI {str(other_path)!r}: {e}") from e
         if tuple(header.get_data_shape()) != image.shape:
@@ -261,6 +263,11 @@ def inspect_brats_case(case_dir: str | os.PathLike, modality: str = "t1", min_fo
         if not np.allclose(header.get_zooms()[:3], zooms[:3], atol=1e-3):
             raise DataValidationError(
                 f"{other}: {str(other_path)!r} spacing {tuple(header.get_zooms())} differs from {modality} {zooms}"
+            )
+        diff = float(np.abs(np.asarray(other_image.affine) - np.asarray(affine)).max())
+        if diff > 1e-3:  # a shifted or flipped grid: the file lies elsewhere in the patient
+            raise DataValidationError(
+                f"{other}: {str(other_path)!r} affine differs from {modality} by up to {diff:.4g} (tolerance 0.001)"
             )
         if other == "seg":
             seg, _, _ = load_nifti(other_path, field="seg")
@@ -390,10 +397,11 @@ def convert(
     for site, volumes in site_volumes.items():
         parts = split_by_fractions([v.volume for v in volumes], fractions, seed, name=f"site {site!r} volumes")
         site_splits[site] = dict(zip(SPLITS, parts))
+    check_splits_non_empty(site_splits, SPLITS, datalist_dir)
     out_root = Path(out_root)
     summary: dict[str, dict[str, int]] = {}
     datalists: dict[str, dict[str, list[dict]]] = {}
-    with atomic_dir(out_root) as tmp:
+    with atomic_dir(out_root, owner=f"{TOOL} convert", protect=list(raw_sites.values())) as tmp:
         for site, volumes in site_volumes.items():
             (tmp / site).mkdir()
             by_id = {v.volume: v for v in volumes}
@@ -407,11 +415,12 @@ def convert(
                     datalists[site][split].extend(_entries(by_id[vid], f"{site}/{vid}.h5"))
             summary[site] = {split: len(items) for split, items in datalists[site].items()}
             summary[site]["volumes"] = len(volumes)
-    for site, splits in datalists.items():
-        layouts = sorted({v.source_type for v in site_volumes[site]})
-        write_site_datalist(Path(datalist_dir) / f"{site}.json", out_root, splits,
-                            description=f"FedMRI {site}: slice-level, volume-level splits (seed {seed}); "
-                                        f"source types {layouts}; paths relative to the converted data root")
+    descriptions = {
+        site: f"FedMRI {site}: slice-level, volume-level splits (seed {seed}); source types "
+              f"{sorted({v.source_type for v in site_volumes[site]})}; paths relative to the converted data root"
+        for site in datalists
+    }
+    write_datalists(datalist_dir, out_root, datalists, f"{TOOL} convert", descriptions, require=SPLITS)
     return summary
 
 
@@ -516,15 +525,19 @@ def _raw_sites(raw_root: str | None, sites: list[str] | None) -> dict[str, str]:
     return found
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _generate_arguments(g) -> None:
     from data_prep.synthetic import fedmri as synthetic
 
-    parser = argparse.ArgumentParser(prog="python -m data_prep.fedmri", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    synthetic.build_parser(sub.add_parser("generate", help="write synthetic raw data in the public layouts"))
+    synthetic.build_parser(g)
 
-    conv = sub.add_parser("convert", help="validate raw sites, write converted volumes and per-site datalists")
+
+def _generate(a) -> int:
+    from data_prep.synthetic import fedmri as synthetic
+
+    return synthetic.run_from_args(a)
+
+
+def _convert_arguments(conv) -> None:
     conv.add_argument("--raw-root", default="data/fedmri/raw", help="folder with one sub-folder per site")
     conv.add_argument("--site", action="append", metavar="NAME=PATH", help="add/override a site's raw folder")
     conv.add_argument("--out", default="data/fedmri/converted", help="converted data root (default: %(default)s)")
@@ -539,41 +552,49 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--consistency-rtol", type=float, default=0.05,
                       help="max relative error between fastMRI kspace and its reconstruction; 0 skips")
 
-    val = sub.add_parser("validate", help="check raw sites (--raw-root/--site) or converted data and datalists")
+
+def _validate_arguments(val) -> None:
     val.add_argument("--raw-root", default=None, help="validate raw sites under this folder instead")
     val.add_argument("--site", action="append", metavar="NAME=PATH", help="validate this raw site folder")
     val.add_argument("--modality", action="append", metavar="SITE=MOD")
     val.add_argument("--data-root", default="data/fedmri/converted", help="(default: %(default)s)")
     val.add_argument("--datalist-dir", default="datalists/fedmri", help="(default: %(default)s)")
-    return parser
+
+
+def _print_summary(summary: dict[str, dict[str, int]]) -> None:
+    for site, counts in summary.items():
+        print(f"{site}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _convert(a) -> None:
+    _print_summary(convert(_raw_sites(a.raw_root, a.site), a.out, a.datalist_dir, a.fractions, a.seed,
+                           _site_pairs(a.modality, "--modality"), a.min_foreground, a.consistency_rtol))
+
+
+def _validate(a) -> None:
+    if a.raw_root or a.site:
+        modalities = _site_pairs(a.modality, "--modality")
+        summary = {site: {"volumes": len(find_site_volumes(site, path, modalities.get(site, "t1")))}
+                   for site, path in _raw_sites(a.raw_root, a.site).items()}
+        if not summary:
+            raise DataValidationError(f"--raw-root {a.raw_root!r}: no site folders found")
+    else:
+        summary = validate_datalists(a.datalist_dir, a.data_root)
+    _print_summary(summary)
+
+
+COMMANDS = (
+    Command("generate", "write synthetic raw data in the public layouts", _generate_arguments, _generate),
+    Command("convert", "validate raw sites, write converted volumes and per-site datalists", _convert_arguments,
+            _convert),
+    Command("validate", "check raw sites (--raw-root/--site) or converted data and datalists", _validate_arguments,
+            _validate),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code (2 on invalid data, with the reason on stderr)."""
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "generate":
-            from data_prep.synthetic import fedmri as synthetic
-
-            return synthetic.run_from_args(args)
-        if args.command == "convert":
-            summary = convert(_raw_sites(args.raw_root, args.site), args.out, args.datalist_dir, args.fractions,
-                              args.seed, _site_pairs(args.modality, "--modality"), args.min_foreground,
-                              args.consistency_rtol)
-        elif args.raw_root or args.site:
-            modalities = _site_pairs(args.modality, "--modality")
-            summary = {site: {"volumes": len(find_site_volumes(site, path, modalities.get(site, "t1")))}
-                       for site, path in _raw_sites(args.raw_root, args.site).items()}
-            if not summary:
-                raise DataValidationError(f"--raw-root {args.raw_root!r}: no site folders found")
-        else:
-            summary = validate_datalists(args.datalist_dir, args.data_root)
-    except DataValidationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for site, counts in summary.items():
-        print(f"{site}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return 0
+    return run_cli(f"python -m {TOOL}", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,16 @@ The datalists reference images in place; every site's lists are disjoint, so no 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from data_prep.common import DataValidationError, site_names, split_by_fractions, write_site_datalist
+from data_prep.cli import Command, run_cli
+from data_prep.common import DataValidationError, site_names, split_by_fractions, write_datalists
 
 DATASET = "mednist"
+TOOL = f"data_prep.{DATASET}"
 CLASSES = ("AbdomenCT", "BreastMRI", "CXR", "ChestCT", "Hand", "HeadCT")
 SPLITS = ("training", "validation", "testing")
 
@@ -58,12 +59,13 @@ def split(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
 ) -> dict[str, Path]:
+    """Write one datalist per site (disjoint images, each site's images split into training/validation/testing)."""
     if n_sites < 1:
         raise ValueError(f"n_sites must be >= 1, got {n_sites}")
     if alpha is not None and alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     sites = assign_sites(scan(data_root), n_sites, alpha, seed)
-    written = {}
+    lists = {}
     for s, (site, items) in enumerate(zip(site_names(n_sites), sites)):
         if len(items) < 3:
             raise DataValidationError(
@@ -71,40 +73,47 @@ def split(
             )
         labels = dict(items)
         parts = split_by_fractions(list(labels), fractions, seed + s, name=f"{site} images")
-        lists = {k: [{"image": f, "label": int(labels[f])} for f in part] for k, part in zip(SPLITS, parts)}
-        written[site] = write_site_datalist(Path(datalist_dir) / f"{site}.json", data_root, lists, f"MedNIST {site}")
+        lists[site] = {k: [{"image": f, "label": int(labels[f])} for f in part] for k, part in zip(SPLITS, parts)}
         counts = np.bincount([lab for _, lab in items], minlength=len(CLASSES))
         print(f"  {site}: {len(items)} images, per class {counts.tolist()}", flush=True)
-    return written
+    descriptions = {site: f"MedNIST {site}" for site in lists}
+    return write_datalists(datalist_dir, data_root, lists, f"{TOOL} split", descriptions,
+                           require=("training", "validation"))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_prep.mednist", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="write synthetic MedNIST/<Class>/*.jpeg")
+def _generate_arguments(g) -> None:
     g.add_argument("--out", default="data/mednist", help="data root receiving MedNIST/ (default: %(default)s)")
     g.add_argument("--per-class", type=int, default=60, help="images per class (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0)
-    s = sub.add_parser("split", help="per-site datalists from a MedNIST folder")
+
+
+def _generate(a) -> None:
+    from data_prep.synthetic.mednist import generate
+
+    print(f"wrote {generate(a.out, a.per_class, a.seed)}")
+
+
+def _split_arguments(s) -> None:
     s.add_argument("--data-root", default="data/mednist", help="folder holding MedNIST/ (default: %(default)s)")
     s.add_argument("--n-sites", type=int, default=3)
     s.add_argument("--alpha", type=float, default=None, help="Dirichlet concentration for a non-IID label split")
     s.add_argument("--datalist-dir", default=f"datalists/{DATASET}")
     s.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    try:
-        if a.command == "generate":
-            from data_prep.synthetic.mednist import generate
 
-            print(f"wrote {generate(a.out, a.per_class, a.seed)}")
-        else:
-            written = split(a.data_root, a.n_sites, a.alpha, a.datalist_dir, seed=a.seed)
-            print("datalists: " + ", ".join(str(p) for p in written.values()))
-    except DataValidationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+def _split(a) -> None:
+    written = split(a.data_root, a.n_sites, a.alpha, a.datalist_dir, seed=a.seed)
+    print("datalists: " + ", ".join(str(p) for p in written.values()))
+
+
+COMMANDS = (
+    Command("generate", "write synthetic MedNIST/<Class>/*.jpeg", _generate_arguments, _generate),
+    Command("split", "per-site datalists from a MedNIST folder", _split_arguments, _split),
+)
+
+
+def main(argv=None) -> int:
+    return run_cli(f"python -m {TOOL}", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -43,15 +43,18 @@ from data_prep.cardiac_common import (
     validate_datalists,
     write_frame,
 )
+from data_prep.cli import Command, run_cli
 from data_prep.common import (
     DataValidationError,
     atomic_dir,
     check_label_values,
+    check_same_grid,
+    check_splits_non_empty,
     load_nifti,
     progress,
     site_names,
     split_by_fractions,
-    write_site_datalist,
+    write_datalists,
 )
 
 __all__ = ["MnmsCase", "find_info_csv", "read_info_csv", "find_cases", "validate_case", "convert", "main"]
@@ -60,6 +63,8 @@ PARTITIONS = ("Training/Labeled", "Training/Unlabeled", "Validation", "Testing")
 UNLABELED = "Training/Unlabeled"
 REQUIRED_COLUMNS = ("External code", "Vendor", "ED", "ES")
 VENDOR_LETTERS = "ABCD"
+SPLITS = ("training", "validation", "testing")
+TOOL = "data_prep.mnms"
 
 
 @dataclass(frozen=True)
@@ -174,10 +179,11 @@ def find_cases(raw: str | Path, info_csv: str | Path | None = None) -> tuple[lis
 
 
 def validate_case(case: MnmsCase) -> None:
-    """Load and check one case: files, NaNs, 4-D rank, shape and spacing match, ED/ES in range, labels."""
-    image, _, izooms = load_nifti(case.image_path, "image")
-    label, _, lzooms = load_nifti(case.label_path, "label")
+    """Load and check one case: files, NaNs, 4-D rank, shape, spacing and affine match, ED/ES in range, labels."""
+    image, iaffine, izooms = load_nifti(case.image_path, "image")
+    label, laffine, lzooms = load_nifti(case.label_path, "label")
     check_image_label_pair(image.shape, label.shape, izooms, lzooms, case.image_path, case.label_path, ndim=4)
+    check_same_grid(image.shape, label.shape, iaffine, laffine, case.image_path, case.label_path)
     n_frames = label.shape[3]
     for name, t in (("ED", case.ed), ("ES", case.es)):
         if not 0 <= t < n_frames:
@@ -235,11 +241,12 @@ def convert(
         if not codes:
             raise DataValidationError(f"site {site!r} (vendor {vendor!r}) has no labelled cases: empty site")
         parts = split_by_fractions(codes, list(fractions), seed, name=f"vendor {vendor} cases")
-        splits[vendor] = dict(zip(("training", "validation", "testing"), (sorted(p) for p in parts)))
+        splits[vendor] = dict(zip(SPLITS, (sorted(p) for p in parts)))
+    check_splits_non_empty({sites[v]: parts for v, parts in splits.items()}, SPLITS, Path(datalist_dir) / "mnms")
     out = Path(out)
     frames: dict[str, list[CardiacFrame]] = {}
     selected = [c for c in cases if c.vendor in sites]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owner=f"{TOOL} convert", protect=[raw]) as tmp:
         for case in progress(selected, "M&Ms convert"):
             frames[case.code] = []
             for phase, t in (("ED", case.ed), ("ES", case.es)):
@@ -250,15 +257,15 @@ def convert(
                 frame = CardiacFrame(case.code, phase, meta)
                 write_frame(tmp, frame, image, label, affine, MNMS_TO_TARGET, spacing, str(case.label_path))
                 frames[case.code].append(frame)
-    written = {}
+    lists, descriptions = {}, {}
     for vendor, site in sites.items():
-        lists = {k: [f.entry() for code in v for f in frames[code]] for k, v in splits[vendor].items()}
+        lists[site] = {k: [f.entry() for code in v for f in frames[code]] for k, v in splits[vendor].items()}
         name = next((c.vendor_name for c in cases if c.vendor == vendor and c.vendor_name), "")
-        path = Path(datalist_dir) / "mnms" / f"{site}.json"
-        written[site] = write_site_datalist(
-            path, out, lists, description=f"M&Ms vendor {vendor} {name} (seed {seed}); labels 1 LV, 2 MYO, 3 RV"
-        )
-        print(f"  wrote {path} (vendor {vendor}): "
+        descriptions[site] = f"M&Ms vendor {vendor} {name} (seed {seed}); labels 1 LV, 2 MYO, 3 RV"
+    written = write_datalists(Path(datalist_dir) / "mnms", out, lists, f"{TOOL} convert", descriptions,
+                              case_key=lambda item: item["subject"], require=SPLITS)
+    for vendor, site in sites.items():
+        print(f"  wrote {written[site]} (vendor {vendor}): "
               + ", ".join(f"{k} {len(v)} subjects" for k, v in splits[vendor].items()), flush=True)
     return written
 
@@ -270,10 +277,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return tuple(parts)
 
 
-def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m data_prep.mnms", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="write a synthetic data set in the raw M&Ms-1 layout")
+def _generate_arguments(gen) -> None:
     gen.add_argument("--out", default="data/raw/mnms", help="raw data set root (default: %(default)s)")
     gen.add_argument("--subjects-per-vendor", type=int, default=4, help="labelled subjects per vendor (default: 4)")
     gen.add_argument("--vendors", default="ABCD", help="vendor letters (default: %(default)s)")
@@ -281,7 +285,16 @@ def _parse_args(argv):
     gen.add_argument("--slices", type=int, default=8, help="short-axis slices per volume (default: %(default)s)")
     gen.add_argument("--frames", type=int, default=10, help="cine frames per subject (default: %(default)s)")
     gen.add_argument("--seed", type=int, default=0)
-    conv = sub.add_parser("convert", help="validate a raw M&Ms copy, write ED/ES volumes and per-vendor datalists")
+
+
+def _generate(a) -> None:
+    from data_prep.synthetic.cardiac import generate_mnms
+
+    generate_mnms(a.out, a.subjects_per_vendor, a.vendors, a.unlabeled, a.slices, a.frames, a.seed)
+    print(f"synthetic M&Ms written to {a.out}")
+
+
+def _convert_arguments(conv) -> None:
     conv.add_argument("--raw", default="data/raw/mnms", help="folder holding Training/ (default: %(default)s)")
     conv.add_argument("--out", default="data/mnms", help="output data root (default: %(default)s)")
     conv.add_argument("--datalist-dir", default="datalists", help="datalists go to DIR/mnms/site-k.json")
@@ -290,33 +303,34 @@ def _parse_args(argv):
     conv.add_argument("--fractions", type=_fractions, default=(0.7, 0.1, 0.2), help="train,val,test per vendor")
     conv.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
     conv.add_argument("--spacing", type=float, default=TARGET_SPACING, help="in-plane spacing in mm")
-    val = sub.add_parser("validate", help="check converted volumes and datalists")
+
+
+def _convert(a) -> None:
+    convert(a.raw, a.out, a.datalist_dir, a.seed, a.fractions, a.vendors, a.info_csv, a.spacing)
+
+
+def _validate_arguments(val) -> None:
     val.add_argument("--data-root", default="data/mnms", help="converted data root (default: %(default)s)")
     val.add_argument("--datalist-dir", default="datalists")
     val.add_argument("--spacing", type=float, default=TARGET_SPACING)
-    return parser.parse_args(argv)
+
+
+def _validate(a) -> None:
+    files = sorted((Path(a.datalist_dir) / "mnms").glob("*.json"))
+    n = validate_datalists(files, a.data_root, a.spacing)
+    print(f"mnms: {len(files)} datalist(s), {n} entries OK")
+
+
+COMMANDS = (
+    Command("generate", "write a synthetic data set in the raw M&Ms-1 layout", _generate_arguments, _generate),
+    Command("convert", "validate a raw M&Ms copy, write ED/ES volumes and per-vendor datalists", _convert_arguments,
+            _convert),
+    Command("validate", "check converted volumes and datalists", _validate_arguments, _validate),
+)
 
 
 def main(argv=None) -> int:
-    args = _parse_args(argv)
-    try:
-        if args.command == "generate":
-            from data_prep.synthetic.cardiac import generate_mnms
-
-            generate_mnms(args.out, args.subjects_per_vendor, args.vendors, args.unlabeled, args.slices,
-                          args.frames, args.seed)
-            print(f"synthetic M&Ms written to {args.out}")
-        elif args.command == "convert":
-            convert(args.raw, args.out, args.datalist_dir, args.seed, args.fractions, args.vendors, args.info_csv,
-                    args.spacing)
-        else:
-            files = sorted((Path(args.datalist_dir) / "mnms").glob("*.json"))
-            n = validate_datalists(files, args.data_root, args.spacing)
-            print(f"mnms: {len(files)} datalist(s), {n} entries OK")
-    except DataValidationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(f"python -m {TOOL}", __doc__.split("\n\n")[0], COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ at the extracted folder; nothing else changes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -23,21 +22,28 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from data_prep.cli import Command, run_cli
 from data_prep.common import (
     DataValidationError,
     atomic_dir,
+    check_cases_disjoint,
     check_inside_root,
     check_label_values,
+    check_same_grid,
+    check_splits_non_empty,
     load_nifti,
     progress,
     site_names,
     split_by_fractions,
-    write_site_datalist,
+    write_datalists,
 )
 
 DATASET = "msd_prostate"
+TOOL = f"data_prep.{DATASET}"
 RAW_LABELS = (0, 1, 2)
 SPLITS = ("training", "validation", "testing")
+#: splits the prostate job reads: it trains, scores ``val_dice`` every round, and cross-site evaluates on testing
+REQUIRED_SPLITS = SPLITS
 T2_CHANNEL = 0
 
 
@@ -82,13 +88,7 @@ def validate_case(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise DataValidationError(f"image: {str(case.image)!r} has rank {image.ndim}, expected 3 or 4 (X,Y,Z[,C])")
     if label.ndim != 3:
         raise DataValidationError(f"label: {str(case.label)!r} has rank {label.ndim}, expected 3")
-    if image.shape != label.shape:
-        raise DataValidationError(
-            f"label: {str(case.label)!r} shape {label.shape} does not match image {str(case.image)!r} "
-            f"shape {image.shape}"
-        )
-    if not np.allclose(affine, label_affine, atol=1e-3):
-        raise DataValidationError(f"label: {str(case.label)!r} affine differs from image {str(case.image)!r}")
+    check_same_grid(image.shape, label.shape, affine, label_affine, case.image, case.label)
     check_label_values(label, RAW_LABELS, case.label)
     return image.astype(np.float32), (label > 0).astype(np.uint8), affine
 
@@ -125,9 +125,10 @@ def convert(
         by_id = {c.case_id: c for c in site_cases}
         parts = split_by_fractions(list(by_id), fractions, seed + s, name=f"{site} cases")
         splits[site] = {name: [by_id[i] for i in ids] for name, ids in zip(SPLITS, parts)}
+    check_splits_non_empty(splits, REQUIRED_SPLITS, datalist_dir)
 
     out_root = Path(out_root)
-    with atomic_dir(out_root) as tmp:
+    with atomic_dir(out_root, owner=f"{TOOL} convert", protect=[task_dir]) as tmp:
         for site, site_splits in splits.items():
             for sub in ("images", "labels"):
                 (tmp / site / sub).mkdir(parents=True)
@@ -135,53 +136,57 @@ def convert(
                 t2, gland, affine = validate_case(case)
                 nib.save(nib.Nifti1Image(t2, affine), tmp / site / "images" / f"{case.case_id}.nii.gz")
                 nib.save(nib.Nifti1Image(gland, affine), tmp / site / "labels" / f"{case.case_id}.nii.gz")
-    written = {}
-    for site, site_splits in splits.items():
-        items = {
+    items = {
+        site: {
             split: [
                 {"image": f"{site}/images/{c.case_id}.nii.gz", "label": f"{site}/labels/{c.case_id}.nii.gz"}
                 for c in part
             ]
             for split, part in site_splits.items()
         }
-        written[site] = write_site_datalist(
-            Path(datalist_dir) / f"{site}.json", out_root, items, f"MSD Task05 prostate T2 whole gland, {site}"
-        )
-    return written
+        for site, site_splits in splits.items()
+    }
+    descriptions = {site: f"MSD Task05 prostate T2 whole gland, {site}" for site in items}
+    return write_datalists(datalist_dir, out_root, items, f"{TOOL} convert", descriptions, require=REQUIRED_SPLITS)
 
 
 def validate(data_root: str | Path, datalist_dir: str | Path = f"datalists/{DATASET}") -> int:
-    """Check every converted case listed in the datalists; return the number of cases checked."""
+    """Check every converted case listed in the datalists, and that no case is in two splits or sites;
+    return the number of cases checked."""
     from src.data.datalist import load_site_datalist
 
     lists = sorted(Path(datalist_dir).glob("*.json"))
     if not lists:
         raise DataValidationError(f"datalist dir {str(datalist_dir)!r} holds no <site>.json")
     n = 0
+    loaded = {}
     for path in lists:
-        for items in load_site_datalist(path, data_root).values():
+        loaded[path.name] = load_site_datalist(path, data_root)
+        for items in loaded[path.name].values():
             for item in items:
                 validate_case(Case(Path(item["image"]).name, Path(item["image"]), Path(item["label"])))
                 n += 1
         print(f"  {path.name}: ok", flush=True)
+    check_cases_disjoint(loaded, lambda item: item["image"], str(datalist_dir))  # no case in two sites
     return n
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m data_prep.msd_prostate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="write synthetic data in the real Task05_Prostate layout")
+def _generate_arguments(g) -> None:
     g.add_argument("--out", default="data/raw", help="parent folder of Task05_Prostate/ (default: %(default)s)")
     g.add_argument("--n-train", type=int, default=12, help="training cases (default: %(default)s)")
     g.add_argument("--n-test", type=int, default=2, help="imagesTs cases (default: %(default)s)")
     g.add_argument("--n-scanners", type=int, default=3, help="distinct acquisition profiles (default: %(default)s)")
     g.add_argument("--scale", type=float, default=1.0, help="field-of-view scale, 1.0 ~ 64x64x18 voxels")
     g.add_argument("--seed", type=int, default=0)
-    c = sub.add_parser("convert", help="Task05 folder -> per-site T2 whole-gland volumes + datalists")
+
+
+def _generate(a) -> None:
+    from data_prep.synthetic.msd_prostate import generate
+
+    print(f"wrote {generate(a.out, a.n_train, a.n_test, a.n_scanners, a.seed, a.scale)}")
+
+
+def _convert_arguments(c) -> None:
     c.add_argument("--task-dir", default="data/raw/Task05_Prostate", help="(default: %(default)s)")
     c.add_argument("--out", default="data/prostate", help="data root to write (default: %(default)s)")
     c.add_argument("--n-sites", type=int, default=3, help="(default: %(default)s)")
@@ -191,24 +196,28 @@ def main(argv=None) -> int:
     c.add_argument("--fractions", type=float, nargs=3, default=(0.5, 0.25, 0.25),
                    metavar=("TRAIN", "VAL", "TEST"), help="per-site case fractions (default: 0.5 0.25 0.25)")
     c.add_argument("--seed", type=int, default=0)
-    v = sub.add_parser("validate", help="re-check converted data against its datalists")
+
+
+def _convert(a) -> None:
+    written = convert(a.task_dir, a.out, a.n_sites, a.datalist_dir, a.split_mode, tuple(a.fractions), a.seed)
+    print("datalists: " + ", ".join(str(p) for p in written.values()))
+
+
+def _validate_arguments(v) -> None:
     v.add_argument("--data-root", default="data/prostate")
     v.add_argument("--datalist-dir", default=f"datalists/{DATASET}")
-    a = p.parse_args(argv)
-    try:
-        if a.command == "generate":
-            from data_prep.synthetic.msd_prostate import generate
 
-            print(f"wrote {generate(a.out, a.n_train, a.n_test, a.n_scanners, a.seed, a.scale)}")
-        elif a.command == "convert":
-            written = convert(a.task_dir, a.out, a.n_sites, a.datalist_dir, a.split_mode, tuple(a.fractions), a.seed)
-            print("datalists: " + ", ".join(str(p) for p in written.values()))
-        else:
-            print(f"validated {validate(a.data_root, a.datalist_dir)} cases")
-    except DataValidationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+COMMANDS = (
+    Command("generate", "write synthetic data in the real Task05_Prostate layout", _generate_arguments, _generate),
+    Command("convert", "Task05 folder -> per-site T2 whole-gland volumes + datalists", _convert_arguments, _convert),
+    Command("validate", "re-check converted data against its datalists", _validate_arguments,
+            lambda a: print(f"validated {validate(a.data_root, a.datalist_dir)} cases")),
+)
+
+
+def main(argv=None) -> int:
+    return run_cli(f"python -m {TOOL}", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ but its test-time noise sigma=0.5 assumes unit-scale input).
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from dataclasses import dataclass
@@ -27,18 +26,26 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.cli import Command, run_cli
 from data_prep.common import (
     DataValidationError,
     atomic_dir,
+    check_cases_disjoint,
     check_label_values,
+    check_same_grid,
+    check_splits_non_empty,
     load_nifti,
     progress,
     split_by_fractions,
-    write_site_datalist,
+    write_datalists,
 )
 from src.data.slices import check_slice_pair
 
 DATASET = "multisite_prostate"
+TOOL = f"data_prep.{DATASET}"
+#: raw label values accepted: background, gland, and a second zone label that the reference merges into the gland
+#: (``label > 1 -> 1``); anything else (7, 255, ...) means a wrong or corrupt file and is rejected, never remapped
+RAW_LABELS = (0, 1, 2)
 RAW_SITES = ("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL")
 SPLITS = ("training", "validation", "testing")
 #: the reference's case proportions per split (BIDMC 7/2/3 ... ISBI 19/5/6)
@@ -120,15 +127,11 @@ def load_case(case: Case) -> tuple[np.ndarray, np.ndarray]:
     label, label_affine, _ = load_nifti(case.label, "label")
     if image.ndim != 3:
         raise DataValidationError(f"image: {str(case.image)!r} has rank {image.ndim}, expected 3 (X,Y,Z)")
-    if image.shape != label.shape:
-        raise DataValidationError(
-            f"label: {str(case.label)!r} shape {label.shape} does not match image {str(case.image)!r} "
-            f"shape {image.shape}"
-        )
+    check_same_grid(image.shape, label.shape, affine, label_affine, case.image, case.label)
     if np.any(label < 0) or np.any(label != np.round(label)):
         raise DataValidationError(f"label: {str(case.label)!r} holds negative or non-integer values")
-    binary = (label > 0).astype(np.uint8)  # the reference maps every label > 1 to 1 (whole gland)
-    check_label_values(binary, (0, 1), case.label)
+    check_label_values(label, RAW_LABELS, case.label)
+    binary = (label > 0).astype(np.uint8)  # the reference merges every zone into the whole gland
     if not binary.any():
         raise DataValidationError(f"label: {str(case.label)!r} has no prostate voxel")
     return image.astype(np.float32), binary
@@ -175,9 +178,10 @@ def convert(
         for case in progress(site_cases, f"validated {site_cases[0].site}"):
             load_case(case)
     splits = {site: split_cases(site, [c.case_id for c in cs], seed) for site, cs in cases.items()}
+    check_splits_non_empty({site_id(s): parts for s, parts in splits.items()}, SPLITS, datalist_dir)
     out_root = Path(out_root)
     items: dict[str, dict[str, list[dict]]] = {}
-    with atomic_dir(out_root) as tmp:
+    with atomic_dir(out_root, owner=f"{TOOL} convert", protect=[raw_dir]) as tmp:
         for site, site_cases in cases.items():
             sid = site_id(site)
             split_of = {c: split for split, ids in splits[site].items() for c in ids}
@@ -195,12 +199,9 @@ def convert(
                     items[sid][split_of[case.case_id]].append(
                         {"image": f"{stem}_image.npy", "label": f"{stem}_label.npy", "case": case.case_id, "slice": i}
                     )
-    return {
-        sid: write_site_datalist(
-            Path(datalist_dir) / f"{sid}.json", out_root, site_items, f"multi-site prostate T2, {sid}, 2.5-D slices"
-        )
-        for sid, site_items in items.items()
-    }
+    descriptions = {sid: f"multi-site prostate T2, {sid}, 2.5-D slices" for sid in items}
+    return write_datalists(datalist_dir, out_root, items, f"{TOOL} convert", descriptions,
+                           case_key=lambda item: f"{Path(item['image']).parent.as_posix()}", require=SPLITS)
 
 
 def validate(data_root: str | Path, datalist_dir: str | Path = f"datalists/{DATASET}") -> int:
@@ -211,8 +212,9 @@ def validate(data_root: str | Path, datalist_dir: str | Path = f"datalists/{DATA
     if not lists:
         raise DataValidationError(f"datalist dir {str(datalist_dir)!r} holds no <site>.json")
     n = 0
+    loaded = {}
     for path in lists:
-        splits = load_site_datalist(path, data_root)
+        splits = loaded[path.name] = load_site_datalist(path, data_root)
         cases = {split: {item["case"] for item in items} for split, items in splits.items()}
         for a, b in (("training", "validation"), ("training", "testing"), ("validation", "testing")):
             if cases[a] & cases[b]:
@@ -222,20 +224,23 @@ def validate(data_root: str | Path, datalist_dir: str | Path = f"datalists/{DATA
                 check_slice_pair(item["image"], item["label"])
                 n += 1
         print(f"  {path.name}: ok", flush=True)
+    check_cases_disjoint(loaded, lambda item: str(Path(item["image"]).parent), str(datalist_dir))  # across sites
     return n
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m data_prep.multisite_prostate", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="write synthetic data in the real six-site raw layout")
+def _generate_arguments(g) -> None:
     g.add_argument("--out", default=f"data/raw/{DATASET}", help="(default: %(default)s)")
     g.add_argument("--n-cases", type=int, default=6, help="cases per site (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0)
-    c = sub.add_parser("convert", help="raw six-site folders -> 2.5-D slices + datalists")
+
+
+def _generate(a) -> None:
+    from data_prep.synthetic.multisite_prostate import generate
+
+    print(f"wrote {generate(a.out, a.n_cases, a.seed)}")
+
+
+def _convert_arguments(c) -> None:
     c.add_argument("--raw", default=f"data/raw/{DATASET}", help="(default: %(default)s)")
     c.add_argument("--out", default=f"data/{DATASET}", help="data root to write (default: %(default)s)")
     c.add_argument("--datalist-dir", default=f"datalists/{DATASET}", help="(default: %(default)s)")
@@ -243,24 +248,28 @@ def main(argv=None) -> int:
     c.add_argument("--size", type=int, default=64, help="in-plane size after resampling; 0 keeps native (real: 384)")
     c.add_argument("--keep-empty-slices", action="store_true", help="also keep slices without prostate")
     c.add_argument("--seed", type=int, default=0, help="seed of the proportional split (non-reference case sets)")
-    v = sub.add_parser("validate", help="re-check converted data against its datalists")
+
+
+def _convert(a) -> None:
+    written = convert(a.raw, a.out, a.datalist_dir, tuple(a.sites), a.size or None, a.keep_empty_slices, a.seed)
+    print("datalists: " + ", ".join(str(p) for p in written.values()))
+
+
+def _validate_arguments(v) -> None:
     v.add_argument("--data-root", default=f"data/{DATASET}")
     v.add_argument("--datalist-dir", default=f"datalists/{DATASET}")
-    a = p.parse_args(argv)
-    try:
-        if a.command == "generate":
-            from data_prep.synthetic.multisite_prostate import generate
 
-            print(f"wrote {generate(a.out, a.n_cases, a.seed)}")
-        elif a.command == "convert":
-            written = convert(a.raw, a.out, a.datalist_dir, tuple(a.sites), a.size or None, a.keep_empty_slices, a.seed)
-            print("datalists: " + ", ".join(str(p) for p in written.values()))
-        else:
-            print(f"validated {validate(a.data_root, a.datalist_dir)} slices")
-    except DataValidationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+COMMANDS = (
+    Command("generate", "write synthetic data in the real six-site raw layout", _generate_arguments, _generate),
+    Command("convert", "raw six-site folders -> 2.5-D slices + datalists", _convert_arguments, _convert),
+    Command("validate", "re-check converted data against its datalists", _validate_arguments,
+            lambda a: print(f"validated {validate(a.data_root, a.datalist_dir)} slices")),
+)
+
+
+def main(argv=None) -> int:
+    return run_cli(f"python -m {TOOL}", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -273,7 +273,7 @@ def generate_acdc(
     look = ACDC_APPEARANCE
     zooms = (look.spacing, look.spacing, look.slice_thickness, 25.0)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, owner="data_prep.acdc generate", marker_beside=True) as tmp:
         for i in progress(range(1, n_subjects + 1), "ACDC subjects"):
             rng = np.random.default_rng([seed, i])
             pid = f"patient{i:03d}"
@@ -348,7 +348,7 @@ def generate_mnms(
     codes = _mnms_codes(len(plan), np.random.default_rng([seed, 10**6]))
     out_dir = Path(out_dir)
     rows = []
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, owner="data_prep.mnms generate", marker_beside=True) as tmp:
         for k, ((vendor, index, partition), code) in enumerate(progress(list(zip(plan, codes)), "M&Ms subjects")):
             rng = np.random.default_rng([seed, k])
             name, centres, look = VENDORS[vendor]

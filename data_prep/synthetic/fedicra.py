@@ -228,7 +228,8 @@ def generate(
     for t in tasks:
         roots = {lay: Path(out) / (TASKS[t].h5_dir if lay == "h5" else TASKS[t].png_dir) for lay in layouts}
         with contextlib.ExitStack() as stack:  # every layout root renamed into place only on success
-            tmp = {lay: stack.enter_context(atomic_dir(root)) for lay, root in roots.items()}
+            tmp = {lay: stack.enter_context(atomic_dir(root, owner="data_prep.fedicra generate", marker_beside=True))
+                   for lay, root in roots.items()}
             for site in progress(range(1, n_sites + 1), f"{t} sites"):
                 for split, name, image, mask, sparse in _site_cases(t, site, n_train, n_test, size, seed):
                     if "h5" in tmp:

@@ -79,7 +79,7 @@ def generate(out_dir: str | Path, per_class: int = 60, seed: int = 0) -> Path:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
     rng = np.random.default_rng(seed)
     target = Path(out_dir) / "MedNIST"
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, owner="data_prep.mednist generate", marker_beside=True) as tmp:
         for name in progress(CLASSES, "synthetic MedNIST classes"):
             (tmp / name).mkdir()
             for i in range(per_class):

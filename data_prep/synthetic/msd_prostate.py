@@ -91,7 +91,7 @@ def generate(
         raise ValueError(f"n_train ({n_train}) must be at least n_scanners ({n_scanners})")
     target = Path(out_dir) / "Task05_Prostate"
     rng = np.random.default_rng(seed)
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, owner="data_prep.msd_prostate generate", marker_beside=True) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (tmp / sub).mkdir()
         training, test = [], []

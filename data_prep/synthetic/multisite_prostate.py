@@ -134,7 +134,7 @@ def generate(out_dir: str | Path, n_cases: int = 6, seed: int = 0, sites: tuple[
     if n_cases < 3:
         raise ValueError(f"n_cases must be >= 3 (train/val/test), got {n_cases!r}")
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, owner="data_prep.multisite_prostate generate", marker_beside=True) as tmp:
         for k, site in enumerate(sites):
             ids = REAL_CASE_IDS[site][: min(n_cases, len(REAL_CASE_IDS[site]))]
             rng = np.random.default_rng([seed, k])

@@ -160,6 +160,7 @@ class FedAvgAggregator(_model_aggregator_base()):
 
     def aggregate_model(self):
         from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+        from nvflare.app_common.app_constant import AppConstants
 
         updates = self._weight_checked(self._majority_key_set())
         if not updates:
@@ -172,11 +173,11 @@ class FedAvgAggregator(_model_aggregator_base()):
         metrics = _weighted_metrics([m for *_, m in updates], weights)
         meta = {"nr_aggregated": len(updates), "aggregated_sites": [s for s, *_ in updates],
                 "dropped_sites": dict(self._dropped),
-                # NVFlare's round_metrics.jsonl lists each site's own metrics only when the aggregator names them
-                "metrics_aggregation_info": {
-                    "metric_source": "custom_aggregator_flmodel_metrics", "weight_key": self.weight_key,
-                    "sites": [{"name": s, "metrics": dict(m), "weight": w, "weight_key": self.weight_key}
-                              for s, _, w, m in updates]}}
+                # NVFlare's round_metrics.jsonl then keeps each site's reported metrics, as with its own FedAvg
+                AppConstants.METRICS_AGGREGATION_INFO: {
+                    "metric_source": "client_reported_flmodel_metrics", "use_contribution_sites": True,
+                    "aggregation": {"method": "weighted_average", "weight_key": self.weight_key},
+                }}
         self.reset_stats()
         return FLModel(params=params, params_type=ParamsType.FULL, metrics=metrics or None, meta=meta)
 

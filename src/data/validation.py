@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataValidationError", "check_inside_root", "load_nifti", "check_label_values"]
+__all__ = [
+    "DataValidationError",
+    "check_inside_root",
+    "load_nifti",
+    "check_label_values",
+    "check_same_grid",
+    "check_cases_disjoint",
+]
 
 
 class DataValidationError(ValueError):
     """Raised when raw or converted data is unusable; the message names the file and the field."""
 
 
-
 def check_inside_root(relative: str, data_root: str | os.PathLike, field: str) -> Path:
-    """Return ``data_root/relative`` after checking it neither is absolute nor escapes the root."""
+    """Return ``data_root/relative`` after checking it is a string, not absolute, and (symlinks resolved)
+    inside the root: a list or a link pointing out would otherwise let a datalist read any file."""
+    if not isinstance(relative, str):
+        raise DataValidationError(
+            f"{field}: path must be a string relative to the data root, got {type(relative).__name__} {relative!r}"
+        )
     if os.path.isabs(relative):
         raise DataValidationError(f"{field}: path {relative!r} must be relative to the data root {str(data_root)!r}")
     root = Path(data_root).resolve()
@@ -52,3 +63,57 @@ def check_label_values(label: np.ndarray, allowed: Sequence[int], path: str | os
         raise DataValidationError(
             f"label: {str(path)!r} has values {bad[:10]} outside the expected set {sorted(allowed)}"
         )
+
+
+def check_same_grid(
+    image_shape: Sequence[int],
+    label_shape: Sequence[int],
+    image_affine: np.ndarray,
+    label_affine: np.ndarray,
+    image_path: str | os.PathLike,
+    label_path: str | os.PathLike,
+    atol: float = 1e-3,
+) -> None:
+    """Raise unless image and label share the spatial shape and the voxel-to-world affine.
+
+    A label with a shifted or flipped affine lies elsewhere in the patient than its image, even when the arrays
+    have the same shape; training on it teaches the wrong anatomy, so it is rejected, never resampled.
+    """
+    if tuple(image_shape) != tuple(label_shape):
+        raise DataValidationError(
+            f"label: {str(label_path)!r} shape {tuple(label_shape)} does not match image {str(image_path)!r} "
+            f"shape {tuple(image_shape)}"
+        )
+    a, b = np.asarray(image_affine, dtype=np.float64), np.asarray(label_affine, dtype=np.float64)
+    if a.shape != b.shape or not np.allclose(a, b, atol=atol):
+        diff = float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
+        raise DataValidationError(
+            f"label: {str(label_path)!r} affine differs from image {str(image_path)!r} by up to {diff:.4g} "
+            f"(tolerance {atol}): the label lies elsewhere in the patient"
+        )
+
+
+def check_cases_disjoint(
+    lists: Mapping[str, Mapping[str, Sequence[Mapping]]],
+    case_key: Callable[[Mapping], object],
+    source: str = "datalists",
+) -> None:
+    """Raise if one case (``case_key(item)``) is listed in two splits or two sites (test leakage).
+
+    Args:
+        lists: ``{datalist name: {split: items}}``; entries of one case within one split (slices) are fine.
+        case_key: the case an entry belongs to (its image, subject or volume).
+        source: the folder, for the message.
+    """
+    where: dict[object, str] = {}
+    for name, splits in lists.items():
+        for split, items in splits.items():
+            for i, item in enumerate(items):
+                key = case_key(item)
+                here = f"{name}:{split}"
+                first = where.setdefault(key, here)
+                if first != here:
+                    raise DataValidationError(
+                        f"{source}: {name} {split}[{i}]: case {key!r} is also in {first} "
+                        "(a case in two splits or two sites leaks test data)"
+                    )

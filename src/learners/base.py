@@ -41,7 +41,7 @@ from ignite.engine import Events
 from monai.data import CacheDataset, DataLoader
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.inferers import Inferer, SimpleInferer
-from monai.transforms import Compose
+from monai.transforms import Compose, Randomizable
 from monai.utils import set_determinism
 
 from src.config.base import LearnerConfig
@@ -224,7 +224,6 @@ class FederatedLearner(ABC):
 
         Only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``.
         """
-        np_state = np.random.get_state()
         py_state = random.getstate()
         state = {
             "round": self.round,
@@ -233,8 +232,10 @@ class FederatedLearner(ABC):
             "trainer": {"epoch": self.trainer.state.epoch, "iteration": self.trainer.state.iteration},
             "rng": {
                 "torch": torch.get_rng_state(),
-                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                "numpy": _saveable_numpy_state(np.random.get_state()),
                 "python": [py_state[0], torch.tensor(py_state[1], dtype=torch.int64), py_state[2]],
+                # MONAI's random transforms draw from their own generators
+                "transforms": [_saveable_numpy_state(t.R.get_state()) for t in self._random_transforms()],
             },
         }
         if getattr(self.trainer, "scaler", None) is not None:
@@ -249,8 +250,13 @@ class FederatedLearner(ABC):
         self.trainer.state.iteration = int(state["trainer"]["iteration"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
-        name, keys, *rest = rng["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        np.random.set_state(_numpy_state(rng["numpy"]))
+        transforms = self._random_transforms()
+        if len(transforms) != len(rng["transforms"]):
+            raise ValueError(f"{self.site}: saved state has {len(rng['transforms'])} random transform states, the "
+                             f"training pipeline has {len(transforms)} random transforms")
+        for t, saved in zip(transforms, rng["transforms"]):
+            t.R.set_state(_numpy_state(saved))
         version, internal, gauss = rng["python"]
         random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
         if "grad_scaler" in state and getattr(self.trainer, "scaler", None) is not None:
@@ -267,8 +273,13 @@ class FederatedLearner(ABC):
         path = self.checkpoint_path(which)
         _atomic_save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, path)
         if which == "last":
-            _atomic_save(self.extra_state(), self.state_path())
+            self.save_state()
         return path
+
+    def save_state(self) -> Path:
+        """Write :meth:`extra_state` (``<site>_state.pt``)."""
+        _atomic_save(self.extra_state(), self.state_path())
+        return self.state_path()
 
     def restore(self) -> bool:
         """Load the last saved model and state (True), or leave everything as is when none was saved (False)."""
@@ -280,10 +291,26 @@ class FederatedLearner(ABC):
         log.info(f"{self.site}: resumed from {state_path} (round {self.round})")
         return True
 
+    def _random_transforms(self) -> list[Randomizable]:
+        """The training pipeline's random transforms, in order (not via ``Compose.flatten``: building a Compose
+        re-seeds every transform in it)."""
+        found, stack = [], [self.train_loader.dataset.transform]
+        while stack:
+            t = stack.pop(0)
+            if isinstance(t, Compose):
+                stack[:0] = list(t.transforms)
+            elif isinstance(t, Randomizable):
+                found.append(t)
+        return found
+
     # ---- engines ---------------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        # each item carries its source file (SOURCE_KEY, a plain string untouched by the dict transforms), so a
-        # non-finite training loss names the files of its batch even when the transforms drop the image metadata
+        """A split's loader; evaluation loaders draw from a private generator, so scoring a model never moves the
+        global RNG that training shuffles with (a validation more or less would otherwise change training).
+
+        Each item carries its source file (:data:`SOURCE_KEY`, a plain string the dict transforms leave alone), so
+        a non-finite training loss names the files of its batch even when the transforms drop the image metadata.
+        """
         items = [{SOURCE_KEY: _source_of(item), **item} if isinstance(item, Mapping) else item
                  for item in self.datalist[split]]
         ds = CacheDataset(items, self.transforms(split), cache_rate=self.config.cache_rate, progress=False)
@@ -293,6 +320,7 @@ class FederatedLearner(ABC):
             shuffle=shuffle,
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
+            generator=None if shuffle else torch.Generator(),
         )
 
     def _build_trainer(self) -> SupervisedTrainer:
@@ -377,9 +405,8 @@ class FederatedLearner(ABC):
             # the step already applied NaN gradients: back to the round's start, a fresh trainer, nothing sent
             self.model.load_state_dict(before[0])
             self.optimizer.load_state_dict(before[1])
-            epoch = before_epoch
             self.trainer = self._build_trainer()
-            self.trainer.state.epoch, self.trainer.state.iteration = epoch
+            self.trainer.state.epoch, self.trainer.state.iteration = before_epoch
             raise
         return self.end_round({
             "train_loss": self._loss_sum / max(self._loss_count, 1),
@@ -429,6 +456,7 @@ class FederatedLearner(ABC):
             return False
         self.best_metric = value
         self.save("best")
+        self.save_state()  # the state written at the end of the round predates this score
         return True
 
     def best_local_state(self) -> dict[str, torch.Tensor]:
@@ -466,6 +494,16 @@ def _batch_files(batch) -> list[str]:
             if str(name) not in files:
                 files.append(str(name))
     return files
+
+
+def _saveable_numpy_state(state: tuple) -> list:
+    """A numpy RandomState state as tensors and plain values (``torch.load(weights_only=True)`` can read it)."""
+    return [state[0], torch.from_numpy(state[1].astype(np.int64)), *state[2:]]
+
+
+def _numpy_state(saved: list) -> tuple:
+    name, keys, *rest = saved
+    return (name, keys.numpy().astype(np.uint32), *rest)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
