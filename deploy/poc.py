@@ -34,6 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILE = ROOT / "deploy" / "project.yml"
 TERMINAL_PREFIX = "FINISHED"
+#: file provision writes into its workspace; an existing workspace is replaced only when it holds it
+POC_MARKER = ".fl_poc_workspace"
 # server log lines worth showing while a job runs (FedAvg rounds, aggregation, cross-site evaluation, errors)
 PROGRESS_MARKERS = ("started.", "aggregating", "Finished FedAvg", "Beginning model validation", "ERROR")
 
@@ -49,6 +51,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def check_own_workspace(workspace: Path) -> None:
+    """Refuse (PocError) to replace ``workspace`` unless it is absent, empty or an earlier POC workspace."""
+    workspace = Path(workspace).resolve()
+    for p in (ROOT, Path.cwd().resolve(), Path.home().resolve(), Path("/")):
+        if workspace == p or workspace in p.parents:
+            raise PocError(f"refusing to use {workspace} as the POC workspace: it is (or contains) {p}")
+    if workspace.exists() and (not workspace.is_dir() or (any(workspace.iterdir())
+                                                          and not (workspace / POC_MARKER).is_file())):
+        raise PocError(f"refusing to replace {workspace}: it is not an earlier POC workspace (no {POC_MARKER}); "
+                       f"choose another --workspace")
 
 
 def port_in_use(port: int) -> bool:
@@ -129,9 +143,11 @@ class PocDeployment:
         while self.admin_port == self.fed_learn_port:
             self.admin_port = free_port()
         project = render_project(template, self.sites, "localhost", self.fed_learn_port, self.admin_port)
+        check_own_workspace(self.workspace)
         if self.workspace.exists():
             shutil.rmtree(self.workspace)
         self.workspace.mkdir(parents=True)
+        (self.workspace / POC_MARKER).write_text("written by deploy/poc.py provision\n")
         rendered = self.workspace / "project.yml"
         rendered.write_text(yaml.safe_dump(project, sort_keys=False))
         kits = self.workspace / "kits"

@@ -89,6 +89,9 @@ def job_parser(description: str, *, name: str, n_clients: int, num_rounds: int, 
                         "disconnected sites are detected without it)")
     p.add_argument("--run-id", default=None,
                    help="--env sim: name of this run's folder <workspace>/<name>/runs/<run id> (default: UTC time)")
+    p.add_argument("--resume", default=None, metavar="RUN_FOLDER",
+                   help="--env sim: continue a stopped or finished run (its last global model, completed rounds and "
+                        "every site's saved state) up to --num-rounds in total")
     p.add_argument("--overwrite", action="store_true",
                    help="--env sim: replace an existing run folder of the same --run-id (only one a run wrote)")
     return p
@@ -138,6 +141,7 @@ def common_config(args) -> dict:
         "num_threads": args.threads,
         "n_clients": len(sites_of(args)),
         "tracking": TRACKING_CHOICES[args.tracking],
+        "resume": bool(getattr(args, "resume", None)),
     }
 
 
@@ -193,7 +197,7 @@ def seeded_model(build: Callable, seed: int):
     return build()
 
 
-def initial_checkpoint(model, args) -> str:
+def initial_checkpoint(model, args, tag: str = "") -> str:
     """Save ``model``'s weights as the job's initial global model; return the path relative to ROOT.
 
     Without it the server re-creates the model from its constructor arguments with unseeded random weights, so two
@@ -201,7 +205,7 @@ def initial_checkpoint(model, args) -> str:
     """
     import torch
 
-    path = INITIAL_MODELS / f"{args.name}_seed{args.seed}_initial.pt"
+    path = INITIAL_MODELS / f"{args.name}_seed{args.seed}{tag}_initial.pt"
     (ROOT / path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ROOT / path)
     return str(path)
@@ -226,6 +230,17 @@ def build_job_recipe(args, build_model: Callable, learner: type, config: Learner
     from src.aggregators.fedavg import FedAvgAggregator
 
     model = seeded_model(build_model, args.seed)
+    start_round, num_rounds = 0, args.num_rounds
+    if getattr(args, "resume", None):
+        point = resume_point(args.resume)
+        start_round, num_rounds = point["rounds_done"], args.num_rounds - point["rounds_done"]
+        if num_rounds < 1:
+            raise SystemExit(f"--resume {args.resume}: {start_round} rounds are done already, --num-rounds "
+                             f"{args.num_rounds} leaves none to run")
+        import torch
+
+        saved = torch.load(point["global_model"], map_location="cpu", weights_only=False)
+        model.load_state_dict(saved.get("model", saved))
     recipe_class = recipe_class or ControllerRecipe
     if controller_class is not None:
         recipe_kwargs["controller_class"] = controller_class
@@ -233,6 +248,8 @@ def build_job_recipe(args, build_model: Callable, learner: type, config: Learner
         recipe_kwargs["controller_args"] = controller_args
     recipe_kwargs["site_policy"] = {"min_clients": args.min_clients, "round_timeout": args.round_timeout,
                                     "watch_sim_workers": args.env == "sim"}
+    if start_round:
+        recipe_kwargs["site_policy"]["start_round"] = start_round
     aggregator = aggregator or FedAvgAggregator()
     if isinstance(aggregator, FedAvgAggregator) and args.min_clients:
         aggregator.min_updates = max(aggregator.min_updates, args.min_clients)
@@ -240,9 +257,9 @@ def build_job_recipe(args, build_model: Callable, learner: type, config: Learner
         recipe = recipe_class(
             name=args.name,
             model=model,
-            initial_ckpt=initial_checkpoint(model, args),
+            initial_ckpt=initial_checkpoint(model, args, f"_resumed_r{start_round}" if start_round else ""),
             min_clients=len(sites_of(args)),
-            num_rounds=args.num_rounds,
+            num_rounds=num_rounds,
             train_script=CLIENT_SCRIPT,
             key_metric=learner.key_metric,
             aggregator=aggregator,
@@ -326,6 +343,26 @@ def export_job(recipe, args) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def resume_point(folder: str | Path) -> dict:
+    """What a ``--resume`` run continues from: completed rounds, the last global model, the sites' state."""
+    from src.reporting.summary import find_server_dir
+
+    folder = Path(folder).resolve()
+    if not (folder / RUN_MARKER).is_file():
+        raise SystemExit(f"--resume {folder}: not a run folder (no {RUN_MARKER})")
+    try:
+        server = find_server_dir(folder)
+    except FileNotFoundError as e:
+        raise SystemExit(f"--resume {folder}: {e}") from None
+    rounds = server / "metrics" / "round_metrics.jsonl"
+    done = len(rounds.read_text().splitlines()) if rounds.is_file() else 0
+    model = server / "app_server" / "FL_global_model.pt"
+    if done == 0 or not model.is_file():
+        raise SystemExit(f"--resume {folder}: no completed round to resume from")
+    return {"folder": folder, "server_dir": server, "rounds_done": done, "global_model": model,
+            "site_state": folder / "site_state"}
 
 
 def run_folder(args) -> Path:
@@ -450,8 +487,15 @@ def _execute(recipe, args) -> Path | None:
 def _simulate(recipe, args) -> Path:
     from nvflare.recipe import SimEnv
 
+    from src.learners.client_api import SITE_STATE_ENV
+
     sites = sites_of(args)
     folder = run_folder(args)
+    point = resume_point(args.resume) if getattr(args, "resume", None) else None
+    if point is not None and point["site_state"].is_dir():
+        shutil.copytree(point["site_state"], folder / "site_state")
+        write_run_status(folder, args, "running", resumed_from=str(point["folder"]), start_round=point["rounds_done"])
+    os.environ[SITE_STATE_ENV] = str(folder / "site_state")
     env = SimEnv(clients=sites, num_clients=len(sites), workspace_root=str(folder))
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     key_metric = getattr(recipe, "fl_key_metric", None)
@@ -474,5 +518,22 @@ def _simulate(recipe, args) -> Path:
         write_run_status(folder, args, "failed", reason=reason or str(e))
         summarise_partial(folder, key_metric)
         raise RuntimeError(f"{e}" + (f"\nserver: {reason}" if reason else "")) from None
+    finally:
+        os.environ.pop(SITE_STATE_ENV, None)
+    if point is not None:
+        continue_curves(point["server_dir"], result)
     write_run_status(folder, args, "completed", result=str(result))
     return result
+
+
+def continue_curves(previous_server: Path, result: Path) -> None:
+    """Put the resumed-from run's TensorBoard events beside this run's, so each curve runs on over all rounds."""
+    from src.reporting.summary import find_server_dir
+
+    old, new = previous_server / "tb_events", find_server_dir(result) / "tb_events"
+    if not (old.is_dir() and new.is_dir()):
+        return
+    for event in old.rglob("events.out.tfevents.*"):
+        target = new / event.parent.relative_to(old)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(event, target / f"{event.name}.resumed-from")

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import traceback
 from pathlib import Path
 
@@ -52,6 +53,17 @@ class MetricLogger:
                 self.writer.add_scalar(key, value, step)
 
 
+#: environment variable naming the folder of every site's models and persistent state (``<dir>/<site>``); the
+#: simulator jobs set it to ``<run folder>/site_state`` so a ``--resume`` run finds the state outside the simulator
+#: workspace (which NVFlare's simulator empties when a run starts)
+SITE_STATE_ENV = "FL_SITE_STATE_DIR"
+
+
+def site_state_dir(site: str) -> Path:
+    root = os.environ.get(SITE_STATE_ENV)
+    return Path(root) / site if root else Path.cwd() / "models"
+
+
 def run(staged: dict) -> None:
     import nvflare.client as flare
     from nvflare.app_common.abstract.fl_model import FLModel
@@ -61,7 +73,7 @@ def run(staged: dict) -> None:
     flare.init()
     site = flare.get_site_name()
     try:
-        learner = build_learner(site, staged, Path.cwd() / "models")
+        learner = build_learner(site, staged, site_state_dir(site))
     except Exception:
         # fail the job with the reason instead of leaving the server waiting for this site
         log.error(f"{site}: cannot start the learner:\n{traceback.format_exc()}")

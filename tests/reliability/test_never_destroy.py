@@ -136,3 +136,40 @@ def test_staging_folders_are_removed_after_the_run_and_stale_ones_by_the_next(tm
     with pytest.raises(RuntimeError):
         common.execute(recipe, _args(tmp_path, env="sim"))
     assert not staging.exists()
+
+
+def test_poc_provision_replaces_only_its_own_workspace(tmp_path, monkeypatch):
+    from deploy.poc import POC_MARKER, PocError, check_own_workspace
+
+    monkeypatch.chdir(tmp_path)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "data.txt").write_text("keep")
+    with pytest.raises(PocError, match="not an earlier POC workspace"):
+        check_own_workspace(theirs)
+    for protected in (ROOT, tmp_path, ROOT.parent):
+        with pytest.raises(PocError, match="refusing to use"):
+            check_own_workspace(protected)
+    ours = tmp_path / "poc"
+    ours.mkdir()
+    (ours / POC_MARKER).write_text("")
+    check_own_workspace(ours)
+    check_own_workspace(tmp_path / "new")
+    assert (theirs / "data.txt").read_text() == "keep"
+
+
+def test_resume_refuses_what_is_not_a_finished_round(tmp_path):
+    with pytest.raises(SystemExit, match="not a run folder"):
+        common.resume_point(tmp_path)
+    (tmp_path / common.RUN_MARKER).write_text("{}")
+    with pytest.raises(SystemExit, match="no NVFlare server results"):
+        common.resume_point(tmp_path)
+
+
+def test_job_options_for_dead_sites_are_checked():
+    from jobs.mednist_fedavg import parse_args
+
+    for bad in (["--min-clients", "4"], ["--min-clients", "-1"], ["--round-timeout", "-5"], ["--run-id", "../x"],
+                ["--run-id", "latest"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--n-clients", "3", *bad])
