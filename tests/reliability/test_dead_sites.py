@@ -2,6 +2,7 @@
 
 Each test runs a MedNIST job script as a subprocess, finds the simulator's site worker among its descendants, and
 checks how fast the job ends and that no process of ours is left (killed in ``finally`` whatever happens).
+About 3 min each on a loaded 2-core machine: ``min_clients=2`` and SIGINT are marked ``slow`` (``-m slow``).
 """
 
 import json
@@ -76,7 +77,7 @@ def _family(job):
         return []
 
 
-@pytest.mark.parametrize("min_clients", [1, 2])
+@pytest.mark.parametrize("min_clients", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_a_site_killed_mid_run_is_detected(mednist_data, tmp_path, min_clients):
     job = _start(mednist_data, tmp_path, "--num-rounds", "3", "--min-clients", str(min_clients),
                  "--round-timeout", "600")
@@ -110,7 +111,7 @@ def test_a_site_killed_mid_run_is_detected(mednist_data, tmp_path, min_clients):
         assert status["status"] == "failed" and "site-2" in status["reason"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_stopping_the_job_script_stops_every_process_and_writes_the_summary(mednist_data, tmp_path, sig):
     job = _start(mednist_data, tmp_path, "--num-rounds", "6")
     family = []
