@@ -159,9 +159,21 @@ class PocDeployment:
         if proc.returncode != 0 or not prods:
             raise PocError(f"nvflare provision failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         self.prod_dir = prods[-1]
+        self._own_stores()
         self.admin_name = next(p["name"] for p in project["participants"] if p.get("role") == "project_admin")
         self._log(f"provisioned {', '.join(self.sites)} + server + {self.admin_name} in {self.prod_dir}")
         return self.prod_dir
+
+    def _own_stores(self) -> None:
+        """Job store and snapshot store under this workspace, owner-only, instead of NVFlare's machine-wide
+        ``/tmp/nvflare`` (world-readable, shared by every run on the machine, never cleaned)."""
+        store = self.workspace / "store"
+        store.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.workspace, 0o700)
+        for resources in self.prod_dir.glob("*/local/resources.json*"):
+            text = resources.read_text()
+            if "/tmp/nvflare/" in text:
+                resources.write_text(text.replace("/tmp/nvflare/", f"{store}/"))
 
     def kit(self, participant: str) -> Path:
         if self.prod_dir is None:

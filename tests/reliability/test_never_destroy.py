@@ -173,3 +173,17 @@ def test_job_options_for_dead_sites_are_checked():
                 ["--run-id", "latest"]):
         with pytest.raises(SystemExit):
             parse_args(["--n-clients", "3", *bad])
+
+
+def test_poc_stores_live_in_the_workspace_owner_only(tmp_path):
+    import stat
+
+    from deploy.poc import PocDeployment
+
+    poc = PocDeployment(tmp_path / "poc", ["site-1"])
+    prod = poc.provision()
+    texts = [p.read_text() for p in prod.glob("*/local/resources.json*")]
+    assert texts and not any("/tmp/nvflare" in t for t in texts)
+    assert any(str(tmp_path / "poc" / "store" / "jobs-storage") in t for t in texts)
+    for folder in (tmp_path / "poc", tmp_path / "poc" / "store"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
