@@ -301,6 +301,9 @@ class FederatedLearner(ABC):
                 stack[:0] = list(t.transforms)
             elif isinstance(t, Randomizable):
                 found.append(t)
+                # dict transforms draw from an inner array transform with its own generator (RandZoomd.rand_zoom,
+                # RandRotated.rand_rotate, ...): without it a restored site would not resume the same draws
+                found.extend(v for _, v in sorted(vars(t).items()) if isinstance(v, Randomizable) and v is not t)
         return found
 
     # ---- engines ---------------------------------------------------------------------------------------

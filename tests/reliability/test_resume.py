@@ -55,9 +55,6 @@ def test_a_run_stopped_after_round_2_resumes_and_finishes_4_rounds(three_runs):
     assert steps == [0, 1, 2, 3]
 
 
-@pytest.mark.xfail(strict=True, reason="measured 2026-12-02: rounds 0-1 identical, round 2 site training differs "
-                   "after restore (site-2 train_loss 1.6233 resumed vs 1.6127 uninterrupted); some site state is not "
-                   "in extra_state yet (docs/reliability.md)")
 def test_the_resumed_run_ends_with_the_uninterrupted_runs_global_model(three_runs):
     a, b = _global(three_runs["resumed"]), _global(three_runs["whole"])
     assert set(a) == set(b)
