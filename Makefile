@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all data data-all lint bench bench-science iopfl-compare poc browser-check clean help
+.PHONY: demo test test-all data data-all lint bench bench-science iopfl-compare report poc browser-check clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -55,8 +55,11 @@ bench-science: $(STAMP)  ## per-step cost of the FedICRA, FedMRI and cooperative
 	$(PY) -u benchmarks/fedmri_step.py
 	$(PY) -u benchmarks/cooptrain_step.py
 
-iopfl-compare: $(STAMP)  ## IOP-FL vs FedAvg/FedProx/FedBN/local/centralised on synthetic six-site prostate
+iopfl-compare: $(STAMP)  ## IOP-FL vs FedAvg/FedProx/FedBN/local/centralised on synthetic six-site prostate (3 seeds)
 	$(PY) -u -m benchmarks.iopfl_compare
+
+report: $(STAMP)  ## results/report.md + plots from every comparison CSV under results/; rewrites README's results block
+	$(PY) -m benchmarks.report --results results --readme README.md
 
 poc: data  ## the prostate job on a provisioned local POC deployment (2 sites), started and stopped cleanly
 	$(PY) -u jobs/prostate_fedavg.py --env poc --n-clients 2 --num-rounds 2 --local-epochs 2

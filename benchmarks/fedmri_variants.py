@@ -34,14 +34,15 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._report import write_report  # noqa: E402
+from src.aggregators.fedmri import linear_negatives, uniform_average  # noqa: E402  (the job's server rules)
 from src.losses.weighted_contrastive import (  # noqa: E402
+    NegativeSummary,
     contrastive_is_active,
-    mean_state_dict,
-    summarize_negatives,
     weighted_contrastive_loss,
 )
 from src.metrics.reconstruction import METRIC_NAMES, mean_volume_metrics  # noqa: E402
 from src.models.fastmri_unet import FastMRIUNet, encoder_decoder_keys  # noqa: E402
+from src.protocol import unpack_negatives  # noqa: E402
 from src.transforms.kspace import denormalize, make_reconstruction_pair, simulate_kspace  # noqa: E402
 from src.transforms.kspace_masks import FEDMRI_SITE_MASKS, site_mask  # noqa: E402
 
@@ -137,7 +138,10 @@ def run_variant(variant: str, sites: list[dict], args: argparse.Namespace) -> di
                 negatives = previous_locals
                 downloaded += encoder_bytes * len(previous_locals)
             else:
-                negatives = summarize_negatives(global_encoder, previous_locals, keys=encoder_keys)
+                _, packed = unpack_negatives(linear_negatives(global_encoder, previous_locals))
+                negatives = NegativeSummary(torch.as_tensor(packed["distance"]).reshape(()),
+                                            {k: torch.as_tensor(v) for k, v in packed["sign_sum"].items()},
+                                            packed["num_negatives"])
                 downloaded += negatives.nbytes()
         locals_now = []
         for site, model, optimizer in zip(sites, models, optimizers):
@@ -173,7 +177,8 @@ def run_variant(variant: str, sites: list[dict], args: argparse.Namespace) -> di
                     )
                 linear_gaps.append(float((linear - exact) / exact))
                 diagnostic_seconds += time.perf_counter() - diagnostic_start
-        global_encoder = mean_state_dict(locals_now)  # uniform 1/N average of the encoders
+        # the server's uniform 1/N average of the encoders (src.aggregators.fedmri)
+        global_encoder = {k: torch.as_tensor(v) for k, v in uniform_average(locals_now).items()}
         previous_locals = locals_now
     seconds = time.perf_counter() - start - diagnostic_seconds
     per_site = []

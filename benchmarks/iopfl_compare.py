@@ -29,30 +29,62 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.stats import Claim, write_comparison  # noqa: E402
 from data_prep.common import atomic_write_json  # noqa: E402
 from data_prep.multisite_prostate import RAW_SITES, site_id  # noqa: E402
 from src.aggregators.fedavg import weighted_average  # noqa: E402
 from src.config.iopfl import IOPFLConfig  # noqa: E402
 from src.data.datalist import load_site_datalist  # noqa: E402
-from src.inference.outside import evaluate_outside  # noqa: E402
+from src.inference.outside import evaluate_outside, load_stream  # noqa: E402
 from src.inference.test_time_routing import RoutingConfig  # noqa: E402
 from src.learners.iopfl import IOPFLLearner  # noqa: E402
 from src.learners.prostate2d import Prostate2DLearner  # noqa: E402
+from src.metrics.slice_volume import per_volume_scores, score_slices  # noqa: E402
 from src.models.unet2d import UNet2D  # noqa: E402
 from src.protocol import TRAIN_SAMPLES_KEY  # noqa: E402
 
 METRICS = ("test_dice", "test_hd95", "test_dice2d")
 
 
-def ensure_data(args) -> None:
-    if all((Path(args.datalist_dir) / f"{site_id(s)}.json").exists() for s in RAW_SITES):
-        return
+#: cases per site of the default synthetic set: 4 test volumes everywhere, training sets of different sizes
+#: (3 at the small PROMISE12 sites, 6 at ISBI_1.5) so that local-only training meets small sites
+DEFAULT_CASES = {"BIDMC": 8, "HK": 8, "I2CVB": 8, "ISBI": 8, "ISBI_1.5": 12, "UCL": 8}
+QUICK = {"rounds": 1, "tta_passes": 1, "features": [4, 8, 16], "n_cases": 4, "n_test": 1, "size": 32,
+         "matrix": 64, "seeds": [0, 1]}
+
+
+def _data_settings(args) -> dict:
+    cases = DEFAULT_CASES if args.n_cases is None else {s: args.n_cases for s in RAW_SITES}
+    return {"generator": "data_prep.synthetic.multisite_prostate", "n_cases": cases, "n_test": args.n_test,
+            "shift_strength": args.shift_strength, "matrix": args.matrix, "size": args.size,
+            "data_seed": args.data_seed}
+
+
+def ensure_data(args) -> dict:
+    """Make the synthetic set unless the datalists exist; returns its settings (``{"source": "user"}`` otherwise).
+
+    A set this script generated carries its settings in ``<data-root>/synthetic.json`` and is regenerated when
+    they differ; datalists without that file are the user's (e.g. the real data) and are used as they are.
+    """
+    wanted = _data_settings(args)
+    stamp = Path(args.data_root) / "synthetic.json"
+    have_lists = all((Path(args.datalist_dir) / f"{site_id(s)}.json").exists() for s in RAW_SITES)
+    if have_lists and not stamp.exists():
+        print(f"using the existing datalists in {args.datalist_dir} (not generated here)", flush=True)
+        return {"source": "user"}
+    if have_lists and json.loads(stamp.read_text()) == wanted:
+        return {"source": "synthetic", **wanted}
     from data_prep.multisite_prostate import convert
     from data_prep.synthetic.multisite_prostate import generate
 
     raw = Path(args.data_root).parent / "raw" / "multisite_prostate"
-    generate(raw, n_cases=args.n_cases, seed=args.seed)
-    convert(raw, args.data_root, args.datalist_dir, size=args.size, seed=args.seed)
+    start = time.perf_counter()
+    generate(raw, n_cases=wanted["n_cases"], seed=args.data_seed, shift_strength=args.shift_strength,
+             matrix=args.matrix)
+    convert(raw, args.data_root, args.datalist_dir, size=args.size, seed=args.data_seed, n_test=args.n_test)
+    atomic_write_json(stamp, wanted)
+    print(f"synthetic data made in {time.perf_counter() - start:.0f} s", flush=True)
+    return {"source": "synthetic", **wanted}
 
 
 class Tracker:
@@ -74,6 +106,19 @@ class Tracker:
 
 def _state(model) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _test(lr, params=None) -> dict:
+    """``lr.evaluate(params, "testing")`` plus each test volume's own scores under ``"volumes"`` (paired stats)."""
+    backup = None
+    if params is not None:
+        backup = _state(lr.model)
+        lr.load_params(params)
+    try:
+        return score_slices(*lr.predict_split("testing"), prefix="test", per_volume=True)
+    finally:
+        if backup is not None:
+            lr.model.load_state_dict(backup)
 
 
 def run_federated(algorithm: str, sites, cfg_kwargs, rounds, init, out, tracker) -> dict:
@@ -114,11 +159,11 @@ def run_federated(algorithm: str, sites, cfg_kwargs, rounds, init, out, tracker)
     out_scores = {"best_round": best[1]}
     for s, lr in learners.items():
         label = "site model" if algorithm == "fedbn" else "global"
-        out_scores.setdefault(f"{label} (last)", {})[s] = lr.evaluate(global_state, "testing")
-        out_scores.setdefault(f"{label} (best)", {})[s] = lr.evaluate(best[2], "testing")
+        out_scores.setdefault(f"{label} (last)", {})[s] = _test(lr, global_state)
+        out_scores.setdefault(f"{label} (best)", {})[s] = _test(lr, best[2])
         if algorithm == "iopfl":
-            out_scores.setdefault("personalised (last)", {})[s] = lr.evaluate(lr.personal_state, "testing")
-            out_scores.setdefault("personalised (best)", {})[s] = lr.evaluate(lr.best_personal_state(), "testing")
+            out_scores.setdefault("personalised (last)", {})[s] = _test(lr, lr.personal_state)
+            out_scores.setdefault("personalised (best)", {})[s] = _test(lr, lr.best_personal_state())
     out_scores["_states"] = {
         "global_best": best[2],
         "personal_best": [lr.best_personal_state() for lr in learners.values()] if algorithm == "iopfl" else [],
@@ -156,7 +201,7 @@ def run_local(sites, cfg_kwargs, rounds, init, out, tracker) -> dict:
         lr.load_params(init)
         for r in range(1, rounds + 1):
             tracker.log(f"local/{s}", lr.train_round(None, r).metrics, r)
-        scores[s] = lr.evaluate(split="testing")
+        scores[s] = _test(lr)
         print(f"[local] {s}: test_dice {scores[s]['test_dice']:.4f}", flush=True)
     return {"local (last)": scores}
 
@@ -179,7 +224,7 @@ def run_central(sites, cfg_kwargs, rounds, init, out, tracker) -> dict:
     scores = {}
     for s in sites:
         site_lr = Prostate2DLearner(s, IOPFLConfig(**cfg_kwargs, algorithm="fedavg"), output_dir=out / "central")
-        scores[s] = site_lr.evaluate(state, "testing")
+        scores[s] = _test(site_lr, state)
     print(f"[central] mean test_dice {np.mean([v['test_dice'] for v in scores.values()]):.4f}", flush=True)
     return {"centralised (last)": scores}
 
@@ -228,57 +273,153 @@ def plot(inside: dict, outside: dict, sites, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def main(argv=None) -> int:
+#: the orderings checked on every run (``paper``: the IOP-FL claims as our acceptance checks state them, see
+#: docs/iopfl.md; ``sanity``: what any fair benchmark of federated learning should show)
+CLAIMS = (
+    Claim("inside", "IOP-FL personalised (best)", "FedAvg global (best)", "dice", source="paper",
+          note="inside personalisation >= the FedAvg global model"),
+    Claim("inside", "IOP-FL personalised (last)", "FedAvg global (last)", "dice", source="paper"),
+    Claim("outside", "routing_last", "global", "dice", source="paper",
+          note="test-time routing >= the global model on the held-out site"),
+    Claim("outside", "routing_last", "uniform_average", "dice", source="paper"),
+    Claim("outside", "routing_last", "bn_adapt", "dice", source="paper"),
+    Claim("inside", "centralised (last)", "FedAvg global (last)", "dice", source="sanity",
+          note="pooled data is the upper reference"),
+    Claim("inside", "FedAvg global (last)", "local (last)", "dice", source="sanity",
+          note="federation helps small sites"),
+)
+NAME = "iopfl_compare"
+
+
+def volume_rows(inside: dict, outside_volumes: dict, ood: str, seed: int) -> list[dict]:
+    """Rows of :data:`benchmarks.stats.VOLUME_COLUMNS` for one seed (inside: every source site; outside: ``ood``)."""
+    rows = []
+    for method, per_site in inside.items():
+        for site, scores in per_site.items():
+            for case, vol in scores["volumes"].items():
+                rows += [{"algorithm": "iopfl", "setting": "inside", "site": site, "method": method, "seed": seed,
+                          "metric": metric, "case": case, "value": value} for metric, value in vol.items()]
+    for method, vols in outside_volumes.items():
+        for case, vol in vols.items():
+            rows += [{"algorithm": "iopfl", "setting": "outside", "site": ood, "method": method, "seed": seed,
+                      "metric": metric, "case": case, "value": value} for metric, value in vol.items()]
+    return rows
+
+
+def _hidden_alias(p: argparse.ArgumentParser, flag: str, dest: str, **kw) -> None:
+    p.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="results/iopfl_compare")
+    p.add_argument("--out", default=f"results/{NAME}")
     p.add_argument("--data-root", default="data/multisite_prostate")
     p.add_argument("--datalist-dir", default="datalists/multisite_prostate")
-    p.add_argument("--ood-site", default="ISBI", help="held-out site (never trained on); the reference's example")
-    p.add_argument("--rounds", type=int, default=30, help="federated rounds (= epochs of local/centralised)")
+    p.add_argument("--ood-test", dest="ood_site", default="ISBI",
+                   help="held-out site (never trained on); the reference's example (default: %(default)s)")
+    _hidden_alias(p, "--ood-site", "ood_site")
+    p.add_argument("--num-rounds", dest="rounds", type=int, default=12,
+                   help="federated rounds (= epochs of local/centralised) (default: %(default)s)")
+    _hidden_alias(p, "--rounds", "rounds", type=int)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="training seeds; every method runs once per seed on the same data (default: %(default)s)")
+    _hidden_alias(p, "--seed", "seed", type=int)
     p.add_argument("--features", type=int, nargs="+", default=list(IOPFLConfig.features))
     p.add_argument("--tta-passes", type=int, default=10, help="test-time routing passes (the reference's 10)")
-    p.add_argument("--n-cases", type=int, default=6, help="cases per site when generating synthetic data")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-cases", type=int, default=None,
+                   help=f"cases per site of the synthetic set (default: per site {DEFAULT_CASES})")
+    p.add_argument("--n-test", type=int, default=4, help="test volumes per site (default: %(default)s)")
+    p.add_argument("--shift-strength", type=float, default=1.0,
+                   help="synthetic site shift, 0 = identical sites (default: %(default)s)")
+    p.add_argument("--matrix", type=int, default=384, help="raw in-plane matrix (real: 384) (default: %(default)s)")
+    p.add_argument("--size", type=int, default=64, help="in-plane size after conversion (default: %(default)s)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic set and its split")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help=f"smoke-test setting for the tests: {QUICK}")
+    if p.parse_known_args(argv)[0].quick:
+        p.set_defaults(**QUICK)  # explicit options still win
     args = p.parse_args(argv)
+    if getattr(args, "seed", None) is not None:
+        args.seeds = [args.seed]
+    return args
+
+
+def run_seed(args, seed: int, sites, ood: str, out: Path, tracker) -> tuple[dict, dict, dict, dict]:
+    """Every method once with training seed ``seed``: (inside, outside, outside per-volume, meta)."""
+    cfg_kwargs = {"data_root": str(Path(args.data_root).resolve()), "datalist_dir": str(Path(args.datalist_dir)),
+                  "features": tuple(args.features), "seed": seed, "num_threads": args.threads, "tracking": ()}
+    torch.manual_seed(seed)
+    init = _state(UNet2D(features=args.features))
+    models = out / "models" / f"seed{seed}"
+    inside, states = run_federated_methods(sites, cfg_kwargs, args.rounds, init, models, tracker)
+    inside.update(run_local(sites, cfg_kwargs, args.rounds, init, models, tracker))
+    inside.update(run_central(sites, cfg_kwargs, args.rounds, init, models, tracker))
+
+    target = load_site_datalist(Path(args.datalist_dir) / f"{ood}.json", args.data_root)
+    items = target["training"] + target["validation"] + target["testing"]
+    print(f"[outside] test-time routing on {ood}: {len(items)} slices, {args.tta_passes} passes", flush=True)
+    predictions: dict = {}
+    outside = evaluate_outside(
+        UNet2D(features=args.features), states["iopfl"]["global_best"], states["iopfl"]["personal_best"], items,
+        RoutingConfig(passes=args.tta_passes, seed=seed),
+        log=lambda i, parts: tracker.log(f"outside/routing/seed{seed}", parts, i), predictions=predictions,
+    )
+    _, labels, cases, slices = load_stream(items)
+    outside_volumes = {m: per_volume_scores(pred.numpy(), labels, cases, slices) for m, pred in predictions.items()}
+    return inside, outside, outside_volumes, {"ood_slices": len(items), "ood_cases": len(set(cases))}
+
+
+def _write_results(args, argv, out: Path, rows, per_seed, data, sites, ood, test_cases, seconds) -> None:
+    settings = {"num_rounds": args.rounds, "local_epochs": 1, "seeds": sorted(per_seed), "ood_test": ood,
+                "sites": sites, "features": args.features, "tta_passes": args.tta_passes, "test_volumes": test_cases,
+                "threads": args.threads, "wall_seconds": round(seconds, 1), "data": data,
+                "command": "python -m benchmarks.iopfl_compare " + " ".join(argv if argv is not None else sys.argv[1:])}
+    meta = {"algorithm": "iopfl", "title": "IOP-FL: inside and outside personalisation (Jiang et al., TMI 2023)",
+            "synthetic": data.get("source") == "synthetic", "settings": settings,
+            "metrics": {"dice": "3-D foreground Dice per volume", "hd95": "HD95 per volume (voxels)",
+                        "dice2d": "the reference's 2-D Dice incl. background"}}
+    write_comparison(out, NAME, rows, meta, CLAIMS)
+    last = list(per_seed.values())[-1]
+    # the last seed's JSON under the historical name (notebook 03 and older tooling read it)
+    atomic_write_json(out / f"{NAME}.json", {"meta": {**meta, "sites": sites, "seeds": sorted(per_seed)},
+                                             "inside": last["inside"], "outside": last["outside"]})
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    ensure_data(args)
+    start = time.perf_counter()
+    data = ensure_data(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ood = site_id(args.ood_site)
     sites = [site_id(s) for s in RAW_SITES if site_id(s) != ood]
     if len(sites) == len(RAW_SITES):
-        raise ValueError(f"--ood-site must be one of {RAW_SITES}, got {args.ood_site!r}")
-    cfg_kwargs = {"data_root": str(Path(args.data_root).resolve()), "datalist_dir": str(Path(args.datalist_dir)),
-                  "features": tuple(args.features), "seed": args.seed, "num_threads": args.threads, "tracking": ()}
-    torch.manual_seed(args.seed)
-    init = _state(UNet2D(features=args.features))
+        raise ValueError(f"--ood-test must be one of {RAW_SITES}, got {args.ood_site!r}")
     tracker = Tracker(out)
-    start = time.perf_counter()
-    inside, states = run_federated_methods(sites, cfg_kwargs, args.rounds, init, out / "models", tracker)
-    inside.update(run_local(sites, cfg_kwargs, args.rounds, init, out / "models", tracker))
-    inside.update(run_central(sites, cfg_kwargs, args.rounds, init, out / "models", tracker))
-
-    target = load_site_datalist(Path(args.datalist_dir) / f"{ood}.json", args.data_root)
-    items = target["training"] + target["validation"] + target["testing"]
-    print(f"[outside] test-time routing on {ood}: {len(items)} slices, {args.tta_passes} passes", flush=True)
-    outside = evaluate_outside(
-        UNet2D(features=args.features), states["iopfl"]["global_best"], states["iopfl"]["personal_best"], items,
-        RoutingConfig(passes=args.tta_passes, seed=args.seed),
-        log=lambda i, parts: tracker.log("outside/routing", parts, i),
-    )
-    seconds = time.perf_counter() - start
+    rows, per_seed = [], {}
     test_cases = {s: _count_cases(Path(args.datalist_dir) / f"{s}.json", "testing") for s in sites}
-    meta = {"test_cases": test_cases, "ood_slices": len(items)}
-    meta |= {"rounds": args.rounds, "ood_site": ood, "sites": sites, "features": args.features,
-            "tta_passes": args.tta_passes, "seconds": round(seconds, 1), "seed": args.seed,
-            "note": f"{args.rounds} rounds x 1 local epoch, U-Net widths {args.features}, "
-                    f"{args.tta_passes} routing passes; {seconds:.0f} s wall on a shared, loaded 2-core CPU."}
-    atomic_write_json(out / "iopfl_compare.json", {"meta": meta, "inside": inside, "outside": outside})
-    (out / "iopfl_compare.md").write_text(markdown(inside, outside, sites, ood, meta))
-    plot(inside, outside, sites, out / "iopfl_compare.png")
-    print((out / "iopfl_compare.md").read_text())
+    for seed in args.seeds:
+        seed_start = time.perf_counter()
+        inside, outside, outside_volumes, extra = run_seed(args, seed, sites, ood, out, tracker)
+        seconds = time.perf_counter() - seed_start
+        meta = {"test_cases": test_cases, **extra, "rounds": args.rounds, "ood_site": ood, "sites": sites,
+                "features": args.features, "tta_passes": args.tta_passes, "seconds": round(seconds, 1), "seed": seed,
+                "note": f"{args.rounds} rounds x 1 local epoch, U-Net widths {args.features}, "
+                        f"{args.tta_passes} routing passes; {seconds:.0f} s wall on a shared 2-core CPU."}
+        atomic_write_json(out / f"{NAME}_seed{seed}.json", {"meta": meta, "inside": inside, "outside": outside})
+        (out / f"{NAME}_seed{seed}.md").write_text(markdown(inside, outside, sites, ood, meta))
+        rows += volume_rows(inside, outside_volumes, ood, seed)
+        per_seed[seed] = {"inside": inside, "outside": outside}
+        print(f"[seed {seed}] done in {seconds:.0f} s", flush=True)
+        # written after every seed: an interrupted run still leaves a valid comparison of the seeds it finished
+        _write_results(args, argv, out, rows, per_seed, data, sites, ood, test_cases, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    from benchmarks.report import write_comparison_report
+
+    md = write_comparison_report(out / f"{NAME}.csv", out)
+    print(md.read_text())
+    print(f"total {seconds:.0f} s wall", flush=True)
     return 0
 
 

@@ -56,19 +56,16 @@ TASKS = {
     "faz": TaskSpec("faz", num_classes=2, in_channels=1, h5_dir="FAZ_h5", png_dir="FAZ"),
     "odoc": TaskSpec("odoc", num_classes=3, in_channels=3, h5_dir="ODOC_h5", png_dir="ODOC"),
 }
-SPARSE_FORMS = ("scribble", "scribble_noisy", "keypoint", "block", "box")
-PNG_SPARSE_DIRS = {"scribble": "scr", "scribble_noisy": "scr_n", "keypoint": "keypoint", "block": "block", "box": "box"}
+# the form tables and the reader live in src/ (the learner inside an exported job carries only src/)
+from src.data.fedicra import (  # noqa: E402
+    CODE_SUP_TYPES,
+    PAPER_SUP_TYPES,
+    PNG_SPARSE_DIRS,
+    SPARSE_FORMS,
+)
+from src.data.fedicra import read_h5 as _read_h5  # noqa: E402
+from src.data.fedicra import read_png as _read_png  # noqa: E402
 
-# Which sparse form each site (Domain1..5) trains with. The paper's dataset table (repo image/dataset.png) and
-# the reference code's configs disagree; the paper's table is the default, the code's is one value away.
-PAPER_SUP_TYPES = {
-    "faz": ("scribble", "keypoint", "block", "box", "scribble_noisy"),
-    "odoc": ("scribble", "scribble_noisy", "box", "keypoint", "block"),
-}
-CODE_SUP_TYPES = {
-    "faz": ("scribble_noisy", "keypoint", "block", "box", "scribble"),
-    "odoc": ("scribble", "scribble_noisy", "scribble_noisy", "keypoint", "block"),
-}
 _DOMAIN_RE = re.compile(r"^Domain(\d+)$")
 
 
@@ -189,32 +186,6 @@ def _check_label(label: np.ndarray, field: str, allowed: Sequence[int], hw: tupl
     return label.astype(np.int64)
 
 
-def _read_h5(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in keys if k not in f]
-            if missing:
-                raise DataValidationError(f"{missing[0]}: dataset missing in {str(path)!r} (has {sorted(f.keys())})")
-            return {k: f[k][()] for k in keys}
-    except OSError as e:
-        raise DataValidationError(f"image: cannot read h5 file {str(path)!r}: {e}") from e
-
-
-def _read_png(path: Path, field: str, modes: Sequence[str]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as pic:
-            pic.load()
-            if pic.mode not in modes:
-                raise DataValidationError(f"{field}: {str(path)!r} has PNG mode {pic.mode!r}, expected one of {modes}")
-            return np.asarray(pic)
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataValidationError(f"{field}: cannot read PNG {str(path)!r}: {e}") from e
-
-
 def read_raw_case(case: RawCase, task: str) -> dict[str, np.ndarray]:
     """Read and check one case: ``image`` float32 (C, H, W) in [0, 1], ``label`` and ``mask`` int64 (H, W).
 
@@ -245,26 +216,7 @@ def read_raw_case(case: RawCase, task: str) -> dict[str, np.ndarray]:
 
 
 def load_case(entry: dict, data_root: str | os.PathLike | None = None) -> dict:
-    """Load one datalist entry into arrays: ``image`` float32 (C, H, W) in [0, 1], ``label`` int64 (H, W).
+    """Load one datalist entry into arrays (:func:`src.data.fedicra.load_item`)."""
+    from src.data.fedicra import load_item
 
-    ``entry`` is an item of a FedICRA datalist, with paths relative to ``data_root`` or already absolute
-    (as :func:`monai.data.load_decathlon_datalist` returns them). The other keys are passed through, so
-    this works as the first callable of a MONAI ``Compose``.
-    """
-    fmt = entry.get("format")
-    if fmt not in ("h5", "png"):
-        raise DataValidationError(f"format: entry {entry.get('case_id')!r} has format {fmt!r}, expected h5 or png")
-    root = Path(data_root) if data_root is not None else Path()
-    image_path, label_path = root / entry["image"], root / entry["label"]
-    key = entry.get("label_key", "mask")
-    if fmt == "h5":
-        raw = _read_h5(image_path, ["image", key] if image_path == label_path else ["image"])
-        image = raw["image"].astype(np.float32)
-        label = raw[key] if key in raw else _read_h5(label_path, [key])[key]
-        image = image[None] if image.ndim == 2 else image
-    else:
-        pixels = _read_png(image_path, "image", ("L", "RGB"))
-        image = pixels.astype(np.float32) / 255.0
-        image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
-        label = _read_png(label_path, key, ("L", "P"))
-    return {**entry, "image": np.ascontiguousarray(image), "label": label.astype(np.int64)}
+    return load_item(entry, data_root)

@@ -74,6 +74,8 @@ BRATS_LABELS = (0, 1, 2, 4)
 BRATS_CASE = re.compile(r"^BraTS19_[A-Za-z0-9]+_[A-Za-z0-9]+_1$")
 ISMRMRD_NS = "{http://www.ismrm.org/ISMRMRD}"
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+#: axial slices of every BraTS volume the reference reads (40..119, half-open here)
+BRATS_SLICE_RANGE = (40, 120)
 SPLITS = ("training", "validation", "testing")
 TOOL = "data_prep.fedmri"
 
@@ -228,8 +230,12 @@ def _foreground_slices(volume: np.ndarray, min_foreground: float) -> list[int]:
     return [int(z) for z in np.flatnonzero(fraction >= min_foreground)]
 
 
-def inspect_brats_case(case_dir: str | os.PathLike, modality: str = "t1", min_foreground: float = 0.05) -> dict:
+def inspect_brats_case(case_dir: str | os.PathLike, modality: str = "t1", min_foreground: float = 0.05,
+                       slice_range: tuple[int, int] | None = BRATS_SLICE_RANGE, crop: int | None = None) -> dict:
     """Validate one BraTS 2019 case folder and return the slices to convert and the in-plane matrix.
+
+    ``slice_range`` (half-open, default the reference's 40..119) restricts the axial slices; ``None`` takes all.
+    With ``crop``, the foreground fraction is measured in the central ``crop`` x ``crop`` region the site keeps.
 
     Checks: the folder name ``BraTS19_<centre>_<id>_1``; ``<case>_<modality>.nii.gz`` exists, loads, is 3-D and
     finite; every other modality and ``seg`` present have the same shape, spacing and affine; ``seg`` values are
@@ -272,10 +278,23 @@ def inspect_brats_case(case_dir: str | os.PathLike, modality: str = "t1", min_fo
         if other == "seg":
             seg, _, _ = load_nifti(other_path, field="seg")
             check_label_values(seg, BRATS_LABELS, other_path)
-    slices = _foreground_slices(image, min_foreground)
+    region = image
+    if crop is not None and crop < min(image.shape[:2]):
+        top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
+        region = image[top : top + crop, left : left + crop]
+    slices = _foreground_slices(region, min_foreground)
+    if slice_range is not None:
+        start, stop = slice_range
+        if image.shape[2] < stop:
+            raise DataValidationError(
+                f"{modality}: {str(case_dir)!r} has {image.shape[2]} axial slices; the slice range {start}..{stop - 1} "
+                f"(the reference's, for BraTS 2019's 155) needs at least {stop}"
+            )
+        slices = [z for z in slices if start <= z < stop]
     if not slices:
         raise DataValidationError(
             f"{modality}: {str(case_dir)!r} has no axial slice with >= {min_foreground:.0%} non-zero pixels"
+            + (f" in the slice range {slice_range[0]}..{slice_range[1] - 1}" if slice_range else "")
         )
     return {"slices": slices, "matrix": (int(image.shape[1]), int(image.shape[0])), "spacing": zooms}
 
@@ -289,8 +308,15 @@ def find_site_volumes(
     modality: str = "t1",
     min_foreground: float = 0.05,
     consistency_rtol: float = 0.05,
+    slice_range: tuple[int, int] | None = BRATS_SLICE_RANGE,
+    max_slices: int | None = None,
+    crop: int | None = None,
 ) -> list[SourceVolume]:
     """Find and validate every volume of one site: ``*.h5`` files anywhere below, and BraTS case folders.
+
+    Load-time reductions (the raw files are never changed): BraTS slices within ``slice_range``; at most
+    ``max_slices`` evenly spaced slices per volume (``None``: all); in-plane centre crop to ``crop`` x ``crop``
+    (``None``: the volume's own matrix).
 
     Raises:
         DataValidationError: missing folder, an empty site, duplicate volume ids, or any invalid volume.
@@ -302,14 +328,17 @@ def find_site_volumes(
     for path in sorted(site_dir.rglob("*.h5")):
         info = inspect_fastmri_file(path, consistency_rtol)
         volumes.append(SourceVolume(site, info["layout"], path, path.stem, str(path.relative_to(site_dir)),
-                                    list(range(info["slices"])), info["matrix"], {"acquisition": info["acquisition"]}))
+                                    _subsample(list(range(info["slices"])), max_slices),
+                                    _cropped(info["matrix"], crop, path), {"acquisition": info["acquisition"]}))
     for grade in ("HGG", "LGG"):
         for case_dir in sorted(p for p in site_dir.rglob(grade) if p.is_dir()):
             for case in sorted(p for p in case_dir.iterdir() if p.is_dir()):
-                info = inspect_brats_case(case, modality, min_foreground)
+                info = inspect_brats_case(case, modality, min_foreground, slice_range, crop)
                 source = case / f"{case.name}_{modality}.nii.gz"
                 volumes.append(SourceVolume(site, "brats", case, case.name, str(source.relative_to(site_dir)),
-                                            info["slices"], info["matrix"], {"modality": modality, "grade": grade}))
+                                            _subsample(info["slices"], max_slices),
+                                            _cropped(info["matrix"], crop, source),
+                                            {"modality": modality, "grade": grade}))
     if not volumes:
         raise DataValidationError(
             f"site {site!r}: no fastMRI .h5 files or BraTS {{HGG,LGG}}/BraTS19_* case folders under {str(site_dir)!r}"
@@ -324,17 +353,40 @@ def find_site_volumes(
     return volumes
 
 
+def _subsample(slices: list[int], max_slices: int | None) -> list[int]:
+    """At most ``max_slices`` evenly spaced entries of ``slices`` (all when ``None``)."""
+    if max_slices is None or len(slices) <= max_slices:
+        return list(slices)
+    if max_slices < 1:
+        raise ValueError(f"max_slices must be >= 1, got {max_slices!r}")
+    picks = np.linspace(0, len(slices) - 1, max_slices).round().astype(int)
+    return [slices[i] for i in picks]
+
+
+def _cropped(matrix: tuple[int, int], crop: int | None, path: Path) -> tuple[int, int]:
+    if crop is None:
+        return tuple(matrix)
+    if crop < 2 or crop > min(matrix):
+        raise DataValidationError(f"crop: {crop} does not fit the {matrix[0]} x {matrix[1]} slices of {str(path)!r}")
+    return (crop, crop)
+
+
 def load_volume(vol: SourceVolume) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(kspace complex64 [S, N, N], target float32 [S, N, N])`` for the volume's selected slices."""
+    """Return ``(kspace complex64 [S, N, N], target float32 [S, N, N])`` for the volume's selected slices.
+
+    The image is centre-cropped to ``vol.matrix`` at load time (the raw file keeps its geometry).
+    """
     if vol.layout == "brats":
         data, _, _ = load_nifti(vol.path / f"{vol.volume}_{vol.extra['modality']}.nii.gz", field=vol.extra["modality"])
         # NIfTI [x, y, z] -> slices [z, y, x] (rows = y), the orientation the generator drew.
         target = np.transpose(data[..., vol.slice_indices].astype(np.float32), (2, 1, 0))
+        target = np.ascontiguousarray(center_crop(target, vol.matrix))
         return fft2c(target.astype(np.complex64)).astype(np.complex64), target
     if vol.layout == "fastmri_singlecoil":
-        image = center_crop(ifft2c(_read_dataset(vol.path, "kspace")), vol.matrix)
+        image = center_crop(ifft2c(_read_dataset(vol.path, "kspace")[vol.slice_indices]), vol.matrix)
         return fft2c(image).astype(np.complex64), np.abs(image).astype(np.float32)
-    target = np.asarray(_read_dataset(vol.path, "reconstruction_rss"), dtype=np.float32)
+    target = np.asarray(_read_dataset(vol.path, "reconstruction_rss")[vol.slice_indices], dtype=np.float32)
+    target = np.ascontiguousarray(center_crop(target, vol.matrix))
     return fft2c(target.astype(np.complex64)).astype(np.complex64), target
 
 
@@ -366,6 +418,9 @@ def convert(
     modalities: dict[str, str] | None = None,
     min_foreground: float = 0.05,
     consistency_rtol: float = 0.05,
+    slice_range: tuple[int, int] | None = BRATS_SLICE_RANGE,
+    max_slices: int | None = None,
+    crops: dict[str, int] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Validate every site, then write the converted tree atomically and one datalist per site.
 
@@ -378,19 +433,24 @@ def convert(
         modalities: BraTS modality per site (default ``t1``).
         min_foreground: BraTS slices with fewer non-zero pixels are skipped.
         consistency_rtol: tolerance of the k-space/reconstruction agreement check of fastMRI files (0 skips it).
+        slice_range: BraTS axial slices read (half-open; default the reference's 40..119; None: all).
+        max_slices: at most this many evenly spaced slices per volume (cheap settings; None: all).
+        crops: per site, the in-plane centre crop applied at load time (e.g. ``{"site-4": 192}``).
 
     Returns:
         ``{site: {"training": n_slices, "validation": ..., "testing": ..., "volumes": n}}``.
     """
     if not raw_sites:
         raise DataValidationError("no sites given: pass --raw-root with one folder per site or --site NAME=PATH")
-    modalities = modalities or {}
-    unknown = sorted(set(modalities) - set(raw_sites))
-    if unknown:
-        raise ValueError(f"modalities name unknown sites {unknown}; sites are {sorted(raw_sites)}")
+    modalities, crops = modalities or {}, crops or {}
+    for what, mapping in (("modalities", modalities), ("crops", crops)):
+        unknown = sorted(set(mapping) - set(raw_sites))
+        if unknown:
+            raise ValueError(f"{what} name unknown sites {unknown}; sites are {sorted(raw_sites)}")
     print("validating raw input ...", flush=True)
     site_volumes = {
-        site: find_site_volumes(site, path, modalities.get(site, "t1"), min_foreground, consistency_rtol)
+        site: find_site_volumes(site, path, modalities.get(site, "t1"), min_foreground, consistency_rtol,
+                                slice_range, max_slices, crops.get(site))
         for site, path in raw_sites.items()
     }
     site_splits = {}
@@ -551,12 +611,19 @@ def _convert_arguments(conv) -> None:
                       help="skip BraTS slices with a smaller non-zero fraction (default: %(default)s)")
     conv.add_argument("--consistency-rtol", type=float, default=0.05,
                       help="max relative error between fastMRI kspace and its reconstruction; 0 skips")
+    conv.add_argument("--brats-slices", type=int, nargs=2, default=list(BRATS_SLICE_RANGE), metavar=("START", "STOP"),
+                      help="BraTS axial slices read, half-open (default: the reference's %(default)s)")
+    conv.add_argument("--max-slices", type=int, default=None,
+                      help="at most this many evenly spaced slices per volume (cheap runs; default: all)")
+    conv.add_argument("--crop", action="append", metavar="SITE=N",
+                      help="in-plane centre crop of a site at load time, e.g. site-4=192 (the files keep their size)")
 
 
 def _validate_arguments(val) -> None:
     val.add_argument("--raw-root", default=None, help="validate raw sites under this folder instead")
     val.add_argument("--site", action="append", metavar="NAME=PATH", help="validate this raw site folder")
     val.add_argument("--modality", action="append", metavar="SITE=MOD")
+    val.add_argument("--crop", action="append", metavar="SITE=N", help="as for convert (foreground is measured there)")
     val.add_argument("--data-root", default="data/fedmri/converted", help="(default: %(default)s)")
     val.add_argument("--datalist-dir", default="datalists/fedmri", help="(default: %(default)s)")
 
@@ -568,13 +635,17 @@ def _print_summary(summary: dict[str, dict[str, int]]) -> None:
 
 def _convert(a) -> None:
     _print_summary(convert(_raw_sites(a.raw_root, a.site), a.out, a.datalist_dir, a.fractions, a.seed,
-                           _site_pairs(a.modality, "--modality"), a.min_foreground, a.consistency_rtol))
+                           _site_pairs(a.modality, "--modality"), a.min_foreground, a.consistency_rtol,
+                           tuple(a.brats_slices), a.max_slices,
+                           {k: int(v) for k, v in _site_pairs(a.crop, "--crop").items()}))
 
 
 def _validate(a) -> None:
     if a.raw_root or a.site:
         modalities = _site_pairs(a.modality, "--modality")
-        summary = {site: {"volumes": len(find_site_volumes(site, path, modalities.get(site, "t1")))}
+        crops = {k: int(v) for k, v in _site_pairs(a.crop, "--crop").items()}
+        summary = {site: {"volumes": len(find_site_volumes(site, path, modalities.get(site, "t1"),
+                                                           crop=crops.get(site)))}
                    for site, path in _raw_sites(a.raw_root, a.site).items()}
         if not summary:
             raise DataValidationError(f"--raw-root {a.raw_root!r}: no site folders found")

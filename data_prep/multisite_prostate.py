@@ -110,8 +110,24 @@ def find_cases(raw_dir: str | Path, sites: tuple[str, ...] = RAW_SITES) -> dict[
     return out
 
 
-def split_cases(site: str, case_ids: list[str], seed: int = 0) -> dict[str, list[str]]:
-    """The reference's lists when ``case_ids`` are exactly its cases, else a seeded split with its proportions."""
+def split_cases(site: str, case_ids: list[str], seed: int = 0, n_test: int | None = None) -> dict[str, list[str]]:
+    """The reference's lists when ``case_ids`` are exactly its cases, else a seeded split with its proportions.
+
+    ``n_test`` fixes the number of test cases instead (more test volumes than the reference's 3-6 give a
+    comparison enough paired cases); the rest is split training/validation in the reference's proportions.
+    """
+    if n_test is not None:
+        if n_test < 1 or len(case_ids) < n_test + 2:
+            raise DataValidationError(
+                f"site {site!r}: n_test={n_test!r} needs at least {n_test + 2} cases (1 training, 1 validation), "
+                f"got {len(case_ids)}"
+            )
+        order = np.random.default_rng(seed).permutation(len(case_ids))
+        shuffled = [sorted(case_ids)[i] for i in order]
+        test, rest = sorted(shuffled[:n_test]), shuffled[n_test:]
+        train, val = split_by_fractions(rest, (FRACTIONS[0] / sum(FRACTIONS[:2]), FRACTIONS[1] / sum(FRACTIONS[:2])),
+                                        seed, name=f"site {site!r} cases")
+        return dict(zip(SPLITS, (train, val, test)))
     ref = REFERENCE_SPLITS.get(site)
     if ref is not None:
         ref_ids = [[f"Case{i:02d}" for i in part] for part in ref]
@@ -171,13 +187,17 @@ def convert(
     size: int | None = 64,
     keep_empty_slices: bool = False,
     seed: int = 0,
+    n_test: int | None = None,
 ) -> dict[str, Path]:
-    """Validate every case of every site, then write slices and one datalist per site (named by :func:`site_id`)."""
+    """Validate every case of every site, then write slices and one datalist per site (named by :func:`site_id`).
+
+    ``n_test``: test cases per site instead of the reference's split (see :func:`split_cases`).
+    """
     cases = find_cases(raw_dir, sites)
     for site_cases in cases.values():
         for case in progress(site_cases, f"validated {site_cases[0].site}"):
             load_case(case)
-    splits = {site: split_cases(site, [c.case_id for c in cs], seed) for site, cs in cases.items()}
+    splits = {site: split_cases(site, [c.case_id for c in cs], seed, n_test) for site, cs in cases.items()}
     check_splits_non_empty({site_id(s): parts for s, parts in splits.items()}, SPLITS, datalist_dir)
     out_root = Path(out_root)
     items: dict[str, dict[str, list[dict]]] = {}
@@ -232,12 +252,15 @@ def _generate_arguments(g) -> None:
     g.add_argument("--out", default=f"data/raw/{DATASET}", help="(default: %(default)s)")
     g.add_argument("--n-cases", type=int, default=6, help="cases per site (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--shift-strength", type=float, default=1.0,
+                   help="scales every site shift; 0 = identical sites (default: %(default)s)")
+    g.add_argument("--matrix", type=int, default=384, help="in-plane matrix (real: 384) (default: %(default)s)")
 
 
 def _generate(a) -> None:
     from data_prep.synthetic.multisite_prostate import generate
 
-    print(f"wrote {generate(a.out, a.n_cases, a.seed)}")
+    print(f"wrote {generate(a.out, a.n_cases, a.seed, shift_strength=a.shift_strength, matrix=a.matrix)}")
 
 
 def _convert_arguments(c) -> None:
@@ -248,10 +271,12 @@ def _convert_arguments(c) -> None:
     c.add_argument("--size", type=int, default=64, help="in-plane size after resampling; 0 keeps native (real: 384)")
     c.add_argument("--keep-empty-slices", action="store_true", help="also keep slices without prostate")
     c.add_argument("--seed", type=int, default=0, help="seed of the proportional split (non-reference case sets)")
+    c.add_argument("--n-test", type=int, default=None, help="test cases per site instead of the reference split")
 
 
 def _convert(a) -> None:
-    written = convert(a.raw, a.out, a.datalist_dir, tuple(a.sites), a.size or None, a.keep_empty_slices, a.seed)
+    written = convert(a.raw, a.out, a.datalist_dir, tuple(a.sites), a.size or None, a.keep_empty_slices, a.seed,
+                      a.n_test)
     print("datalists: " + ", ".join(str(p) for p in written.values()))
 
 

@@ -111,6 +111,9 @@ class PocDeployment:
             hospital points its client at its own data without editing the job).
         fed_learn_port, admin_port: server ports; 0 picks free ones.
         stop_timeout: seconds for the graceful shutdown before processes are terminated.
+        host: the server's name in the kits (the address clients dial); ``localhost`` on one machine.
+        launch_prefix: command prefix per participant, e.g. ``{"site-1": ["ip", "netns", "exec", "ns1"]}`` to start
+            it on another (network) host; the server's key is ``host``.
     """
 
     workspace: Path
@@ -121,6 +124,8 @@ class PocDeployment:
     admin_port: int = 0
     stop_timeout: float = 20.0
     verbose: bool = True
+    host: str = "localhost"
+    launch_prefix: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workspace = Path(self.workspace).resolve()
@@ -142,7 +147,7 @@ class PocDeployment:
         self.admin_port = self.admin_port or free_port()
         while self.admin_port == self.fed_learn_port:
             self.admin_port = free_port()
-        project = render_project(template, self.sites, "localhost", self.fed_learn_port, self.admin_port)
+        project = render_project(template, self.sites, self.host, self.fed_learn_port, self.admin_port)
         check_own_workspace(self.workspace)
         if self.workspace.exists():
             shutil.rmtree(self.workspace)
@@ -194,8 +199,8 @@ class PocDeployment:
         log = open(kit / "console.txt", "ab")  # noqa: SIM115 (closed with the process in stop())
         key = name if name not in self.processes else f"{name}@{kit}"
         self.processes[key] = subprocess.Popen(
-            ["bash", str(script), "--once"], cwd=kit, env=run_env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            [*self.launch_prefix.get(name, ()), "bash", str(script), "--once"], cwd=kit, env=run_env, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()
         return self.processes[key]
@@ -204,7 +209,7 @@ class PocDeployment:
         """Start the server, wait until its admin port listens, then start every site."""
         if self.prod_dir is None:
             self.provision()
-        self.start_participant("localhost")
+        self.start_participant(self.host)
         _wait_until(lambda: port_in_use(self.admin_port), 60, f"server admin port {self.admin_port} to listen",
                     self._check_alive)
         for site in self.sites:
@@ -212,9 +217,9 @@ class PocDeployment:
         self._log(f"started server (ports {self.fed_learn_port}/{self.admin_port}) and {len(self.sites)} sites")
 
     def _check_alive(self) -> None:
-        server = self.processes.get("localhost")
+        server = self.processes.get(self.host)
         if server is not None and server.poll() is not None:
-            raise PocError(f"the server exited (rc={server.returncode}); see {self.kit('localhost') / 'log.txt'}")
+            raise PocError(f"the server exited (rc={server.returncode}); see {self.kit(self.host) / 'log.txt'}")
 
     # ---- admin API --------------------------------------------------------------------------------------
     @property
@@ -250,7 +255,7 @@ class PocDeployment:
 
     def follow(self, job_id: str, timeout: float = 1800.0, poll: float = 2.0) -> dict:
         """Print the job's status and the server's round messages until it ends; return the job meta."""
-        server_log = self.kit("localhost") / job_id / "log.txt"  # the server's job process logs here
+        server_log = self.kit(self.host) / job_id / "log.txt"  # the server's job process logs here
         seen = 0
         deadline = time.monotonic() + timeout
         status = None
@@ -304,7 +309,7 @@ class PocDeployment:
                   (f" ({leftovers} processes had to be killed)" if leftovers else ""))
 
     def _server_up(self) -> bool:
-        server = self.processes.get("localhost")
+        server = self.processes.get(self.host)
         return server is not None and server.poll() is None and bool(self.admin_port) and port_in_use(self.admin_port)
 
     def _graceful_shutdown(self) -> None:

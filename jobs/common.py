@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 
 from src.config.base import LearnerConfig  # noqa: E402
 from src.learners.client_api import STAGED_CONFIG  # noqa: E402
+from src.privacy.filters import add_privacy_filter, add_privacy_options  # noqa: E402
 
 SRC_DIR = ROOT / "src"
 # relative to ROOT: NVFlare keeps a relative script path, so the exported job finds it in custom/jobs/
@@ -64,8 +65,9 @@ def job_parser(description: str, *, name: str, n_clients: int, num_rounds: int, 
                data_root: str, datalist_dir: str) -> argparse.ArgumentParser:
     """The options every job takes (``--help`` shows the job's own defaults)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--env", choices=("sim", "poc", "export"), default="sim",
-                   help="run in the simulator, submit to a running POC deployment, or only export the job folder")
+    p.add_argument("--env", choices=("sim", "poc", "prod", "export"), default="sim",
+                   help="run in the simulator, on a fresh local POC, submit to a running provisioned deployment "
+                        "(prod, with --startup-kit), or only export the job folder")
     p.add_argument("--export-dir", default=None, help="where --env export writes the job (default: results/<name>_job)")
     p.add_argument("--n-clients", type=int, default=n_clients, help="number of sites (site-1 .. site-N)")
     p.add_argument("--sites", nargs="+", default=None, help="explicit site names (overrides --n-clients)")
@@ -94,6 +96,11 @@ def job_parser(description: str, *, name: str, n_clients: int, num_rounds: int, 
                         "every site's saved state) up to --num-rounds in total")
     p.add_argument("--overwrite", action="store_true",
                    help="--env sim: replace an existing run folder of the same --run-id (only one a run wrote)")
+    p.add_argument("--startup-kit", default=None, metavar="DIR",
+                   help="--env prod: the admin's startup kit folder (holds startup/fed_admin.json)")
+    p.add_argument("--prod-timeout", type=float, default=0.0,
+                   help="--env prod: seconds to wait for the job (0: until it ends); the job keeps running after")
+    add_privacy_options(p)
     return p
 
 
@@ -296,6 +303,7 @@ def add_standard_components(recipe, args) -> None:
             add_cross_site_evaluation(recipe)
     # the 2 s default between task requests dominates short rounds on a laptop
     recipe.add_server_config({"server": {"task_request_interval": 0.1}})
+    add_privacy_filter(recipe, args)
 
 
 def execute(recipe, args) -> Path | None:
@@ -479,6 +487,10 @@ def _execute(recipe, args) -> Path | None:
         return None
     if args.env == "sim":
         return _simulate(recipe, args)
+    if args.env == "prod":
+        from jobs.prod import submit_to_prod
+
+        return submit_to_prod(recipe, args)
     from jobs.poc import submit_to_poc
 
     return submit_to_poc(recipe, args)

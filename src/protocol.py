@@ -33,6 +33,9 @@ __all__ = [
     "unpack_payload",
     "pack_experts",
     "unpack_experts",
+    "FEDMRI_RELAY_META",
+    "pack_negatives",
+    "unpack_negatives",
 ]
 
 #: meta key of a training result: local optimisation steps this round (NVFlare's ``FLMetaKey.NUM_STEPS_CURRENT_ROUND``)
@@ -130,3 +133,46 @@ def unpack_experts(packed: Mapping) -> tuple[list[dict], dict]:
     if not global_params:
         raise KeyError("packed experts hold no 'global/...' keys")
     return [experts[i] for i in sorted(experts)], global_params
+
+
+#: FedMRI: meta flag of a site's training result: the site agrees that the server relays its encoder snapshot
+FEDMRI_RELAY_META = "fedmri_relay_snapshot"
+_NEG = "fedmri_negatives"
+
+
+def pack_negatives(mode: str, *, snapshots: list[Mapping] | None = None, distance: Any = None,
+                   sign_sum: Mapping | None = None, num_negatives: int | None = None) -> dict[str, Any]:
+    """FedMRI's regulariser inputs as flat extras: ``exact``: the N snapshots; ``linear``: the summary."""
+    if mode == "exact":
+        if not snapshots:
+            raise ValueError("exact negatives need at least one snapshot")
+        out: dict[str, Any] = {f"{_NEG}/mode/exact": 1}
+        for j, snap in enumerate(snapshots):
+            out.update({f"{_NEG}/snapshot{j}/{k}": v for k, v in snap.items()})
+        return out
+    if mode == "linear":
+        if distance is None or not sign_sum or not num_negatives:
+            raise ValueError("linear negatives need distance, sign_sum and num_negatives")
+        out = {f"{_NEG}/mode/linear": 1, f"{_NEG}/distance": distance, f"{_NEG}/num_negatives": int(num_negatives)}
+        out.update({f"{_NEG}/sign/{k}": v for k, v in sign_sum.items()})
+        return out
+    raise ValueError(f"negatives mode must be 'exact' or 'linear', got {mode!r}")
+
+
+def unpack_negatives(extras: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """Inverse of :func:`pack_negatives`: ``("exact", [snapshot, ...])``, ``("linear", {distance, sign_sum,
+    num_negatives})`` or None when the extras carry no negatives (round 1, L_con off)."""
+    if f"{_NEG}/mode/exact" in extras:
+        snaps: dict[int, dict] = {}
+        for key, value in extras.items():
+            if key.startswith(f"{_NEG}/snapshot"):
+                index, _, name = key[len(f"{_NEG}/snapshot"):].partition("/")
+                snaps.setdefault(int(index), {})[name] = value
+        if not snaps:
+            raise KeyError("exact negatives announced but no snapshot in the extras")
+        return "exact", [snaps[i] for i in sorted(snaps)]
+    if f"{_NEG}/mode/linear" in extras:
+        sign = {k[len(f"{_NEG}/sign/"):]: v for k, v in extras.items() if k.startswith(f"{_NEG}/sign/")}
+        return "linear", {"distance": extras[f"{_NEG}/distance"], "sign_sum": sign,
+                          "num_negatives": int(extras[f"{_NEG}/num_negatives"])}
+    return None

@@ -20,8 +20,12 @@ its own contrast, matrix size, noise level and field of view, written in one of 
 Deviations from the public data, on purpose and documented in ``docs/data_fedmri.md``: the public single-coil
 track is knee only (our single-coil site carries a brain phantom); the public fastMRI reconstructions are always
 320x320 (ours are ``matrix`` x ``matrix``, 320 by default for the fastMRI sites, smaller in tests); BraTS volumes
-are 240x240x155 (ours are ``matrix`` x ``matrix`` x ``depth``, depth small by default; site-4 stands in for a
-private scanner exporting magnitude NIfTI in the BraTS layout at 192x192).
+are 240x240x155 at 1 mm, and so are ours, always (code written for the real data reads fixed axial ranges, the
+reference slices 40-119, and applies 240 x 240 masks). For BraTS-layout sites ``matrix`` is the in-plane size the
+site's pipeline centre-crops to at load time (``python -m data_prep.fedmri convert --crop SITE=N``): the phantom
+head is drawn to fit inside it, the files keep the real geometry. Site-4 stands in for a private scanner exporting
+magnitude NIfTI in the BraTS layout whose pipeline works on the central 192 x 192 (the paper's third image size).
+Cheaper settings (tests) crop at load time and convert a few slices; they never shrink the files.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ LAYOUTS = ("fastmri_multicoil", "fastmri_singlecoil", "brats")
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 BRATS_ROOT = "MICCAI_BraTS_2019_Data_Training"
+#: BraTS 2019 volumes: [x, y, z] voxels, always, at 1 mm isotropic
+BRATS_SHAPE = (240, 240, 155)
+BRATS_SPACING_MM = 1.0
 
 # Tissue classes of the phantom label map.
 BG, SCALP, SKULL, CSF, GM, WM, EDEMA, ENHANCING, NECROSIS = range(9)
@@ -133,7 +140,7 @@ DEFAULT_SITES: tuple[SiteSpec, ...] = (
     SiteSpec("site-3", "fastmri_singlecoil", 320, "FLAIR", noise=0.03, fov_fill=0.85, gain=1.0, gamma=0.9,
              bias=0.15, coils=4, fov_mm=230.0, slice_mm=4.0),
     SiteSpec("site-4", "brats", 192, "T2", noise=0.015, fov_fill=0.90, gain=1500.0, gamma=0.8,
-             bias=0.20, coils=1, fov_mm=200.0, slice_mm=3.0, centre="TMC"),
+             bias=0.20, coils=1, fov_mm=240.0, slice_mm=1.0, centre="TMC"),
 )
 
 
@@ -157,7 +164,20 @@ def _case_params(rng: np.random.Generator) -> dict:
     }
 
 
-def brain_labels(n: int, z: float, params: dict, fov_fill: float) -> np.ndarray:
+def _slice_grid(n: int, params: dict, fov_fill: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rotated in-plane coordinates and the cortical folds of a subject: the same for every slice."""
+    coords = (np.arange(n, dtype=np.float32) - (n - 1) / 2) / (n / 2) / fov_fill
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    c, s = np.cos(params["angle"]), np.sin(params["angle"])
+    y, x = c * yy - s * xx, s * yy + c * xx
+    theta = np.arctan2(y, x)
+    folds = sum(
+        a * np.sin(k * 7 * theta + p) for k, (a, p) in enumerate(zip(params["fold_amp"], params["fold_phase"]), 1)
+    )
+    return y, x, folds
+
+
+def brain_labels(n: int, z: float, params: dict, fov_fill: float, grid=None) -> np.ndarray:
     """Tissue label map of one axial slice of the phantom.
 
     Args:
@@ -165,21 +185,15 @@ def brain_labels(n: int, z: float, params: dict, fov_fill: float) -> np.ndarray:
         z: slice position in [-1, 1] (0 = mid-brain); the head cross-section shrinks towards the ends.
         params: subject anatomy from ``_case_params``.
         fov_fill: head width as a fraction of the field of view.
+        grid: :func:`_slice_grid` of the same (n, params, fov_fill), to reuse across the slices of a volume.
 
     Returns:
         uint8 ``[n, n]`` label map with the tissue classes ``BG .. NECROSIS``.
     """
-    coords = (np.arange(n, dtype=np.float32) - (n - 1) / 2) / (n / 2) / fov_fill
-    yy, xx = np.meshgrid(coords, coords, indexing="ij")
-    c, s = np.cos(params["angle"]), np.sin(params["angle"])
-    y, x = c * yy - s * xx, s * yy + c * xx
+    y, x, folds = grid if grid is not None else _slice_grid(n, params, fov_fill)
     scale = float(np.sqrt(max(1.0 - (0.85 * z) ** 2, 0.05)))
     ay, ax = (a * scale for a in params["semi_axes"])
     r = np.sqrt((y / ay) ** 2 + (x / ax) ** 2)  # 1 on the scalp surface
-    theta = np.arctan2(y, x)
-    folds = sum(
-        a * np.sin(k * 7 * theta + p) for k, (a, p) in enumerate(zip(params["fold_amp"], params["fold_phase"]), 1)
-    )
 
     labels = np.zeros((n, n), dtype=np.uint8)
     labels[r <= 1.0] = SCALP
@@ -435,19 +449,21 @@ def _brats_case_id(centre: str, index: int) -> str:
     return f"{100 + index:03d}"
 
 
-def _brats_affine(spec: SiteSpec) -> np.ndarray:
-    """BraTS 2019 stores its arrays x-flipped and y-flipped (LPS-like) with a y offset; spacing from the FOV."""
-    spacing = spec.fov_mm / spec.matrix
-    affine = np.diag([-spacing, -spacing, spec.slice_mm, 1.0])
-    affine[1, 3] = spacing * (spec.matrix - 1)
+def _brats_affine() -> np.ndarray:
+    """BraTS 2019 stores its arrays x-flipped and y-flipped (LPS-like) with a y offset, 1 mm isotropic."""
+    spacing = BRATS_SPACING_MM
+    affine = np.diag([-spacing, -spacing, spacing, 1.0])
+    affine[1, 3] = spacing * (BRATS_SHAPE[1] - 1)
     return affine
 
 
-def write_brats_case(root: Path, spec: SiteSpec, index: int, depth: int, rng: np.random.Generator) -> Path:
+def write_brats_case(root: Path, spec: SiteSpec, index: int, rng: np.random.Generator) -> Path:
     """One BraTS 2019 training case (four int16 modalities and a uint8 ``seg``); returns the case folder.
 
-    Arrays are ``[x, y, z] = [matrix, matrix, depth]`` (BraTS 2019: 240 x 240 x 155). LGG cases get no enhancing
-    tumour (label 4), as low-grade gliomas rarely enhance.
+    Arrays are always ``[x, y, z] = 240 x 240 x 155`` at 1 mm (:data:`BRATS_SHAPE`), as in BraTS 2019; the head
+    is drawn to fit the site's ``matrix`` x ``matrix`` centre (the crop its pipeline applies at load time). LGG
+    cases get no enhancing tumour (label 4), as low-grade gliomas rarely enhance. Rician-like noise (the magnitude
+    of complex Gaussian noise) is drawn inside the brain only: BraTS images are skull-stripped, zero outside.
     """
     import nibabel as nib
 
@@ -456,16 +472,21 @@ def write_brats_case(root: Path, spec: SiteSpec, index: int, depth: int, rng: np
     case = f"BraTS19_{spec.centre}_{_brats_case_id(spec.centre, index)}_1"
     folder = root / BRATS_ROOT / grade / case
     folder.mkdir(parents=True, exist_ok=True)
-    zs = np.linspace(-0.9, 0.9, depth) if depth > 1 else np.zeros(1)
-    labels = np.stack([brain_labels(spec.matrix, float(z), params, spec.fov_fill) for z in zs])  # [z, row, col]
-    affine = _brats_affine(spec)
+    n, _, depth = BRATS_SHAPE
+    fill = spec.fov_fill * min(spec.matrix, n) / n  # the head fits in the site's central matrix x matrix
+    grid = _slice_grid(n, params, fill)
+    zs = np.linspace(-0.9, 0.9, depth)
+    labels = np.stack([brain_labels(n, float(z), params, fill, grid) for z in zs])  # [z, row, col]
+    affine = _brats_affine()
     brain = labels >= CSF  # BraTS images are skull-stripped
+    count = int(brain.sum())
     for modality in BRATS_MODALITIES:
         contrast = "T1CE" if modality == "t1ce" else modality.upper()
         image = render_contrast(labels, contrast, spec, params["texture_seed"], rng)
-        image += np.abs(_complex_noise(image.shape, spec.noise * float(image.max()), rng))
-        image = np.where(brain, image, 0.0)
-        data = np.round(np.transpose(image, (2, 1, 0))).astype(np.int16)  # [z, row, col] -> [x=col, y=row, z]
+        sigma = spec.noise * float(image.max())
+        out = np.zeros_like(image)
+        out[brain] = image[brain] + rng.rayleigh(max(sigma, 1e-12), size=count).astype(np.float32)
+        data = np.round(np.transpose(out, (2, 1, 0))).astype(np.int16)  # [z, row, col] -> [x=col, y=row, z]
         nib.save(nib.Nifti1Image(data, affine), str(folder / f"{case}_{modality}.nii.gz"))
     seg = np.zeros_like(labels)
     for tissue, value in _BRATS_LABEL.items():
@@ -482,7 +503,6 @@ def generate(
     sites: tuple[SiteSpec, ...] = DEFAULT_SITES,
     volumes_per_site: int = 4,
     slices: int = 3,
-    depth: int = 16,
     seed: int = 0,
 ) -> dict[str, list[Path]]:
     """Write every site's raw data under ``out_root/<site>/`` in its public layout.
@@ -491,15 +511,18 @@ def generate(
         out_root: raw root; one sub-folder per site.
         sites: site specifications.
         volumes_per_site: fastMRI files or BraTS cases per site.
-        slices: slices per fastMRI file (public files: 16-40).
-        depth: slices per BraTS volume (public files: 155).
+        slices: slices per fastMRI file (public files: 16-40). BraTS volumes always have 155 (real geometry).
         seed: base seed; every site draws from its own generator (seed, site index).
 
     Returns:
         ``{site: [written file or case folder, ...]}``.
     """
-    if volumes_per_site < 1 or slices < 1 or depth < 1:
-        raise ValueError(f"volumes_per_site, slices, depth must be >= 1, got {(volumes_per_site, slices, depth)!r}")
+    if volumes_per_site < 1 or slices < 1:
+        raise ValueError(f"volumes_per_site, slices must be >= 1, got {(volumes_per_site, slices)!r}")
+    for spec in sites:
+        if spec.layout == "brats" and spec.matrix > BRATS_SHAPE[0]:
+            raise ValueError(f"{spec.name}: a BraTS-layout site's matrix (its load-time crop) must be <= "
+                             f"{BRATS_SHAPE[0]}, got {spec.matrix}")
     out_root = Path(out_root)
     written: dict[str, list[Path]] = {}
     for site_index, spec in enumerate(sites):
@@ -515,7 +538,7 @@ def generate(
                 name = f"singlecoil_train/file{1000000 + 1000 * site_index + i}.h5"
                 paths.append(write_fastmri_singlecoil(site_root / name, spec, i, slices, rng))
             else:
-                paths.append(write_brats_case(site_root, spec, i, depth, rng))
+                paths.append(write_brats_case(site_root, spec, i, rng))
         written[spec.name] = paths
     return written
 
@@ -540,12 +563,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help=f"number of default sites to write, 1..{len(DEFAULT_SITES)} (default: %(default)s)")
     parser.add_argument("--volumes", type=int, default=4, help="volumes per site (default: %(default)s)")
     parser.add_argument("--slices", type=int, default=3, help="slices per fastMRI file (default: %(default)s)")
-    parser.add_argument("--depth", type=int, default=16,
-                        help="slices per BraTS volume; real: 155 (default: %(default)s)")
     parser.add_argument("--fastmri-matrix", type=int, default=None,
                         help="override the fastMRI reconstruction matrix (public files: 320)")
     parser.add_argument("--brats-matrix", type=int, default=None,
-                        help="override the in-plane matrix of every BraTS-layout site (public BraTS: 240)")
+                        help="override the load-time crop of every BraTS-layout site; files stay 240 x 240 x 155")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
     return parser
 
@@ -554,7 +575,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     if not 1 <= args.sites <= len(DEFAULT_SITES):
         raise SystemExit(f"--sites must be in 1..{len(DEFAULT_SITES)}, got {args.sites!r}")
     sites = sites_with_matrix(DEFAULT_SITES[: args.sites], args.fastmri_matrix, args.brats_matrix)
-    written = generate(args.out, sites, args.volumes, args.slices, args.depth, args.seed)
+    written = generate(args.out, sites, args.volumes, args.slices, args.seed)
     print(f"wrote {sum(len(v) for v in written.values())} volumes for {len(written)} sites under {args.out}")
     return 0
 

@@ -16,14 +16,19 @@ The step (x: clean image, y: label map, x~ = x + 0.05 N(0, 1)):
 4. one backward of the sum and one Adam step (lr 1e-4, no schedule). One Adam over all parameters equals the
    reference's one Adam per module (Adam is element-wise and all share the learning rate).
 
-Decisions where digest and reference code differ (each a config field):
-- ``freeze_bn_on_hard_examples`` (default True, digest): the hard-example passes of step 3 use batch statistics
-  but neither update the running statistics nor train the BN affine parameters, so the running statistics (used at
-  test time) describe real images only. The reference code runs these passes as ordinary training passes; set
-  False for that behaviour.
-- The targeted-mask gradient passes of step 2 run with frozen BN statistics here; the reference runs them in plain
-  training mode and so moves the decoders' running statistics with masked codes (the issue asks for untouched BN).
-- ``clamp_noisy_input`` (default True, digest): clamp x~ to [0, 1]; the reference adds the noise without clamping.
+BatchNorm on the hard-example passes of step 3 (``hard_example_bn``; default ``"reference"``, what the reference
+code does): the encoder, code filter, segmentation decoder and STN run those passes with frozen BN (batch statistics
+for normalisation, but no running-statistics update and no gradient to the BN affine parameters); only the image
+decoder's pass D_i(E(x^)) is an ordinary training pass that tracks statistics and trains its BN affine parameters.
+``"all"`` freezes BN in every part (then the running statistics after a cooperative step equal those after a standard
+step); ``"none"`` runs every hard-example pass as a plain training pass. Neither is the reference.
+
+Also as the reference: the noisy input is clamped to [0, 1] (``clamp_noisy_input``, default True) and the image
+decoder ends in a sigmoid (``CooperativeNet(image_output_sigmoid=True)``).
+
+Deviation: the targeted-mask gradient passes of step 2 run with frozen decoder BN statistics here, so generating hard
+examples never moves the decoders' running statistics with masked codes (the issue asks for untouched statistics
+during generation).
 
 The reference trains on a batch of augmented slices concatenated with the same slices un-augmented; that batch
 composition is the data pipeline's job, not this function's.
@@ -41,6 +46,7 @@ from src.models.cooperative_net import CooperativeNet
 from src.models.freezable_batchnorm import frozen_batchnorm, frozen_parameters
 
 __all__ = [
+    "HARD_EXAMPLE_BN",
     "CooperativeConfig",
     "HardExamples",
     "add_input_noise",
@@ -51,6 +57,14 @@ __all__ = [
     "standard_losses",
 ]
 
+#: ``hard_example_bn`` values: parts whose BN is frozen on the hard-example passes
+HARD_EXAMPLE_BN = ("reference", "all", "none")
+_FROZEN_ON_HARD = {
+    "reference": ("encoder", "code_filter", "segmentation_decoder", "stn"),
+    "all": ("encoder", "code_filter", "image_decoder", "segmentation_decoder", "stn"),
+    "none": (),
+}
+
 
 @dataclass(frozen=True)
 class CooperativeConfig:
@@ -58,18 +72,23 @@ class CooperativeConfig:
 
     Args:
         latent_da: add hard examples (cooperative training); False gives the standard step of the same networks.
+        cooperative: the dual network's four standard terms (True) or only the segmentation term
+            ``CE(D_s(z_s(x~)), y)`` (False: plain training of the segmentation path, image decoder and STN unused;
+            the benchmark's "standard" baseline; needs ``latent_da=False``).
         input_noise_std: std of the Gaussian noise on the FTN input (0.05).
-        clamp_noisy_input: clamp the noisy input to [0, 1] (digest) or not (reference code).
+        clamp_noisy_input: clamp the noisy input to [0, 1] (the reference and the digest do).
         image_loss_weight: weight of the image reconstruction MSE (0.5).
         image_code_scheme, shape_code_scheme: masking scheme per code: "random", "dropout", "channel", "spatial".
         max_mask_fraction: f ~ U(0, max_mask_fraction) of targeted masks (0.5).
         dropout_p: channel dropout rate of the "dropout" scheme (0.5).
         soft_mask: soft (U(0, 0.5)) rather than hard (0) targeted masks (True in the paper).
-        freeze_bn_on_hard_examples: see module docstring.
+        hard_example_bn: which parts' BN is frozen on the hard-example passes: "reference" (all but the image
+            decoder, the default), "all" or "none"; see the module docstring.
         learning_rate: Adam learning rate (1e-4).
     """
 
     latent_da: bool = True
+    cooperative: bool = True
     input_noise_std: float = 0.05
     clamp_noisy_input: bool = True
     image_loss_weight: float = 0.5
@@ -78,7 +97,7 @@ class CooperativeConfig:
     max_mask_fraction: float = 0.5
     dropout_p: float = 0.5
     soft_mask: bool = True
-    freeze_bn_on_hard_examples: bool = True
+    hard_example_bn: str = "reference"
     learning_rate: float = 1e-4
 
     def __post_init__(self) -> None:
@@ -86,6 +105,10 @@ class CooperativeConfig:
         for name in ("image_code_scheme", "shape_code_scheme"):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+        if self.latent_da and not self.cooperative:
+            raise ValueError("latent_da=True needs cooperative=True (hard examples come from the dual network)")
+        if self.hard_example_bn not in HARD_EXAMPLE_BN:
+            raise ValueError(f"hard_example_bn must be one of {HARD_EXAMPLE_BN}, got {self.hard_example_bn!r}")
         for name in ("input_noise_std", "image_loss_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -177,12 +200,12 @@ def generate_hard_examples(
 def hard_example_losses(
     model: CooperativeNet, hard: HardExamples, clean: torch.Tensor, label: torch.Tensor, config: CooperativeConfig
 ) -> dict[str, torch.Tensor]:
-    """The four hard-example terms (see module docstring), with BN frozen if `freeze_bn_on_hard_examples`.
+    """The four hard-example terms (see module docstring), BN frozen in the parts `config.hard_example_bn` names.
 
     Returns:
         {"seg", "image", "pred_shape", "masked_shape"} -> scalar losses.
     """
-    parts = (model,) if config.freeze_bn_on_hard_examples else ()
+    parts = [getattr(model, name) for name in _FROZEN_ON_HARD[config.hard_example_bn]]
     with frozen_batchnorm(*parts):
         z_i, z_s = model.encode(hard.image)
         logits = model.segmentation_decoder(z_s)
@@ -226,7 +249,10 @@ def cooperative_step(
     optimizer.zero_grad(set_to_none=True)
 
     noisy = add_input_noise(image, config.input_noise_std, config.clamp_noisy_input, generator)
-    std_terms, z_i, z_s = standard_losses(model, image, noisy, label, config)
+    if config.cooperative:
+        std_terms, z_i, z_s = standard_losses(model, image, noisy, label, config)
+    else:
+        std_terms = {"seg": F.cross_entropy(model(noisy), label)}
     total = sum(std_terms.values())
     report: dict[str, float | str] = {f"standard/{k}": float(v.detach()) for k, v in std_terms.items()}
 

@@ -21,7 +21,17 @@ any negative, so the server can send, instead of the N snapshots, its value and 
 ``s = sum_j sign(theta_g - theta_j)`` in [-N, N] (int8: a quarter of one fp32 encoder). The client uses
 ``D0 + sum_e s_e (theta_e - theta_g,e)``: equal to the exact denominator until an element crosses a negative, and,
 as the tangent of a convex function, never above it (so the loss is never below the exact one). An element where
-``theta_g`` equals a negative exactly (a tie, sign 0) is linearised with slope 0 there. Download per
+``theta_g`` equals a negative exactly (a tie, sign 0) is linearised with slope 0 there.
+
+Bounded denominator (fix of a review finding): far from ``theta_g`` the tangent can reach zero or go negative while
+the exact denominator stays positive (``theta_g = 0``, negatives ``[1, 1]`` and ``[1, 0.5]``, ``theta = [1, 1]``:
+exact loss 4, the bare tangent clamped at 0 gave 2e14 with a gradient of ~1e16). The client therefore uses
+``max(tangent, D0 - N * ||theta - theta_g||_1, rho * D0)``: the first two are both lower bounds of the exact
+denominator (the second by the triangle inequality, which the client can evaluate because the numerator is
+``||theta - theta_g||_1``), and ``rho * D0`` (``linear_floor``, default 0.1) is a trust-region floor relative to the
+round-start value. While the floor does not bind the loss is an upper bound of the exact one; where it binds
+(the round moved the encoder so far that the tangent lost meaning) the loss is ``num / (rho * D0)``, finite and
+with a bounded gradient that pulls the encoder back towards ``theta_g``. Download per
 round: 1.25 encoders instead of 1 + N. The clients' snapshots never leave the server, only their sign counts. This
 is our variant, not the paper's; :func:`summarize_negatives` is the server side.
 
@@ -42,6 +52,7 @@ from torch import Tensor
 __all__ = [
     "NEGATIVE_MODES",
     "CONTRASTIVE_EPS",
+    "LINEAR_FLOOR",
     "NegativeSummary",
     "summarize_negatives",
     "weighted_contrastive_loss",
@@ -51,6 +62,7 @@ __all__ = [
 
 NEGATIVE_MODES = ("all", "linear")
 CONTRASTIVE_EPS = 1e-14  # the reference's denominator guard
+LINEAR_FLOOR = 0.1  # linear variant: the denominator never drops below this fraction of its round-start value
 
 
 def _check_params(name: str, params: Mapping[str, Tensor], keys: Sequence[str], ref: Mapping[str, Tensor]) -> None:
@@ -141,6 +153,7 @@ def weighted_contrastive_loss(
     keys: Sequence[str] | None = None,
     negative_mode: str = "all",
     eps: float = CONTRASTIVE_EPS,
+    linear_floor: float = LINEAR_FLOOR,
 ) -> Tensor:
     """FedMRI's weighted contrastive regulariser ``L_con`` (a scalar, differentiable in ``local``).
 
@@ -154,6 +167,8 @@ def weighted_contrastive_loss(
         negative_mode: ``"all"`` (the paper's exact form) or ``"linear"`` (the denominator linearised at
             ``positive``; exact until an element crosses a negative).
         eps: denominator guard (1e-14 as in the reference).
+        linear_floor: ``negative_mode="linear"`` only: the denominator is at least ``linear_floor * D0`` (the
+            round-start value), so the linearised loss stays finite far from ``positive`` (module docstring).
 
     Returns:
         0-dim tensor ``sum ||theta_k - theta_g||_1 / (denominator + eps)``.
@@ -163,6 +178,8 @@ def weighted_contrastive_loss(
     keys = _keys_of(positive, keys)
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}")
+    if not 0 < linear_floor <= 1:
+        raise ValueError(f"linear_floor must be in (0, 1], got {linear_floor!r}")
     _check_params("positive", positive, keys, positive)
     _check_params("local", local, keys, positive)
     if negative_mode == "all":
@@ -189,8 +206,11 @@ def weighted_contrastive_loss(
                 for k in keys
             ]
         ).sum()
-        # the tangent of a convex function: a lower bound of the exact denominator; kept positive
-        denominator = (negatives.distance.to(numerator.dtype) + slope).clamp_min(0.0)
+        d0 = negatives.distance.to(numerator.dtype)
+        tangent = d0 + slope  # the tangent of a convex function: a lower bound of the exact denominator
+        triangle = d0 - negatives.num_negatives * numerator  # another lower bound (triangle inequality)
+        floor = (linear_floor * d0).expand_as(tangent)  # trust-region floor relative to the round-start value
+        denominator = torch.maximum(torch.maximum(tangent, triangle), floor)
     return numerator / (denominator + eps)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
-__all__ = ["dice_2d_reference", "volume_scores", "score_slices"]
+__all__ = ["dice_2d_reference", "volume_scores", "per_volume_scores", "score_slices"]
 
 
 def dice_2d_reference(pred: np.ndarray, label: np.ndarray, smooth: float = 1e-5) -> float:
@@ -47,31 +47,49 @@ def volume_scores(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
     return dice, hd if np.isfinite(hd) else worst
 
 
+def per_volume_scores(
+    pred: np.ndarray, label: np.ndarray, cases: Sequence[str], slices: Sequence[int]
+) -> dict[str, dict[str, float]]:
+    """``{case: {"dice", "hd95", "dice2d"}}``: every volume's own scores, the units a paired comparison needs.
+
+    Args:
+        pred, label: (N, H, W) integer maps with values {0, 1}.
+        cases, slices: each slice's case id and index within its volume (slices are ordered by index).
+    """
+    n = len(pred)
+    if not (len(label) == len(cases) == len(slices) == n) or n == 0:
+        raise ValueError(f"need as many (>0) labels, cases and slices as predictions ({n}), got "
+                         f"{len(label)}, {len(cases)}, {len(slices)}")
+    out = {}
+    for case in sorted(set(cases)):
+        idx = sorted((i for i in range(n) if cases[i] == case), key=lambda i: slices[i])
+        p, g = np.stack([pred[i] for i in idx]), np.stack([label[i] for i in idx])
+        d, h = volume_scores(np.moveaxis(p, 0, -1), np.moveaxis(g, 0, -1))
+        out[case] = {"dice": d, "hd95": h, "dice2d": dice_2d_reference(p, g)}
+    return out
+
+
 def score_slices(
-    pred: np.ndarray, label: np.ndarray, cases: Sequence[str], slices: Sequence[int], prefix: str = "val"
-) -> dict[str, float]:
+    pred: np.ndarray, label: np.ndarray, cases: Sequence[str], slices: Sequence[int], prefix: str = "val",
+    per_volume: bool = False,
+) -> dict:
     """Regroup slice predictions by case (ordered by slice index) and score them.
 
     Args:
         pred, label: (N, H, W) integer maps with values {0, 1}.
         cases, slices: each slice's case id and index within its volume.
         prefix: metric name prefix (``val``, ``test``, ``ood``).
+        per_volume: also return ``"volumes"``: :func:`per_volume_scores` (for paired statistics).
 
     Returns ``{prefix}_dice`` (3-D foreground Dice, mean over volumes), ``{prefix}_hd95`` and
-    ``{prefix}_dice2d`` (the reference's 2-D score).
+    ``{prefix}_dice2d`` (the reference's 2-D score over all slices).
     """
-    n = len(pred)
-    if not (len(label) == len(cases) == len(slices) == n) or n == 0:
-        raise ValueError(f"need as many (>0) labels, cases and slices as predictions ({n}), got "
-                         f"{len(label)}, {len(cases)}, {len(slices)}")
-    dices, hds = [], []
-    for case in sorted(set(cases)):
-        idx = sorted((i for i in range(n) if cases[i] == case), key=lambda i: slices[i])
-        d, h = volume_scores(np.stack([pred[i] for i in idx], -1), np.stack([label[i] for i in idx], -1))
-        dices.append(d)
-        hds.append(h)
-    return {
-        f"{prefix}_dice": float(np.mean(dices)),
-        f"{prefix}_hd95": float(np.mean(hds)),
+    volumes = per_volume_scores(pred, label, cases, slices)
+    out = {
+        f"{prefix}_dice": float(np.mean([v["dice"] for v in volumes.values()])),
+        f"{prefix}_hd95": float(np.mean([v["hd95"] for v in volumes.values()])),
         f"{prefix}_dice2d": dice_2d_reference(pred, label),
     }
+    if per_volume:
+        out["volumes"] = volumes
+    return out

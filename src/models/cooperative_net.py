@@ -16,9 +16,8 @@ https://arxiv.org/abs/2107.01079. Architecture as in the public reference code (
   nearest-upsampling decoder to `num_classes` logits.
 
 Decisions where digest and reference code differ:
-- The digest puts a sigmoid after the image decoder; the reference code builds the image decoder without an output
-  activation. Default here: sigmoid (targets are [0, 1] images, so it only bounds the output); `image_output_sigmoid=
-  False` gives the reference behaviour.
+- The image decoder ends in a sigmoid, as in the reference code and the digest (targets are [0, 1] images);
+  `image_output_sigmoid=False` drops it (not the reference; kept for experiments).
 - The reference stores its five networks in a plain dict and overrides `parameters()` incorrectly, so its
   `state_dict()` is empty. Here the five parts are registered submodules; `state_dict()` holds all of them under the
   prefixes in `PART_NAMES`.
@@ -157,7 +156,7 @@ class CooperativeNet(nn.Module):
         base_channels: width of the first encoder stage (16 in the paper's `FCN_16` setting).
         code_channels: channels of the latent codes z_i and z_s (128).
         shape_temperature: T in softmax(logits / T), the soft segmentation fed to the STN (2 in the reference).
-        image_output_sigmoid: sigmoid after the image decoder (digest) or none (reference code); see module doc.
+        image_output_sigmoid: sigmoid after the image decoder (True: the reference and the digest).
 
     Shapes: images (B, in_channels, H, W) with H and W multiples of 16; codes (B, code_channels, H/16, W/16);
     logits (B, num_classes, H, W); labels (B, H, W) integer class maps.

@@ -30,15 +30,25 @@ ENCODER_PREFIXES = ("encoder.", "bottleneck.")
 DECODER_PREFIXES = ("decoder.", "head.")
 
 
+NORMS = ("instance", "batch")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """fastMRI's non-affine InstanceNorm, or (``"batch"``) an affine BatchNorm for the FedBN baseline."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.InstanceNorm2d(channels)
+
+
 class ConvBlock(nn.Sequential):
     """Two [conv3x3 (no bias), InstanceNorm (non-affine), LeakyReLU(0.2), Dropout2d] layers."""
 
-    def __init__(self, in_channels: int, out_channels: int, drop_prob: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, drop_prob: float, norm: str = "instance") -> None:
         layers: list[nn.Module] = []
         for c_in in (in_channels, out_channels):
             layers += [
                 nn.Conv2d(c_in, out_channels, kernel_size=3, padding=1, bias=False),
-                nn.InstanceNorm2d(out_channels),
+                _norm(norm, out_channels),
                 nn.LeakyReLU(negative_slope=0.2, inplace=True),
                 nn.Dropout2d(drop_prob),
             ]
@@ -48,10 +58,10 @@ class ConvBlock(nn.Sequential):
 class TransposeConvBlock(nn.Sequential):
     """Transposed conv 2x2 stride 2 (no bias) doubling the spatial size, InstanceNorm, LeakyReLU(0.2)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "instance") -> None:
         super().__init__(
             nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2, bias=False),
-            nn.InstanceNorm2d(out_channels),
+            _norm(norm, out_channels),
             nn.LeakyReLU(negative_slope=0.2, inplace=True),
         )
 
@@ -65,6 +75,8 @@ class FastMRIUNet(nn.Module):
         channels: channels of the first stage (doubled at each pool).
         num_pools: number of down/up stages.
         drop_prob: Dropout2d probability (fastMRI default 0.0).
+        norm: ``"instance"`` (fastMRI's, default) or ``"batch"``: affine BatchNorm, only so that the FedBN
+            baseline has normalisation layers to keep local (the reference U-Net has none: FedBN would be FedAvg).
     """
 
     def __init__(
@@ -74,8 +86,11 @@ class FastMRIUNet(nn.Module):
         channels: int = 32,
         num_pools: int = 4,
         drop_prob: float = 0.0,
+        norm: str = "instance",
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("channels", channels)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -85,21 +100,21 @@ class FastMRIUNet(nn.Module):
             raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob!r}")
         # kept so a server can rebuild the same network from the init args
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.channels, self.num_pools, self.drop_prob = channels, num_pools, drop_prob
+        self.channels, self.num_pools, self.drop_prob, self.norm = channels, num_pools, drop_prob, norm
 
-        self.encoder = nn.ModuleList([ConvBlock(in_channels, channels, drop_prob)])
+        self.encoder = nn.ModuleList([ConvBlock(in_channels, channels, drop_prob, norm)])
         ch = channels
         for _ in range(num_pools - 1):
-            self.encoder.append(ConvBlock(ch, ch * 2, drop_prob))
+            self.encoder.append(ConvBlock(ch, ch * 2, drop_prob, norm))
             ch *= 2
-        self.bottleneck = ConvBlock(ch, ch * 2, drop_prob)
+        self.bottleneck = ConvBlock(ch, ch * 2, drop_prob, norm)
 
         self.decoder = nn.Module()
         self.decoder.upsample = nn.ModuleList()
         self.decoder.blocks = nn.ModuleList()
         for _ in range(num_pools):
-            self.decoder.upsample.append(TransposeConvBlock(ch * 2, ch))
-            self.decoder.blocks.append(ConvBlock(ch * 2, ch, drop_prob))
+            self.decoder.upsample.append(TransposeConvBlock(ch * 2, ch, norm))
+            self.decoder.blocks.append(ConvBlock(ch * 2, ch, drop_prob, norm))
             ch //= 2
         self.head = nn.Conv2d(channels, out_channels, kernel_size=1)
 

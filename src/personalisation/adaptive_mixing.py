@@ -18,6 +18,19 @@ Decisions against the reference (see the FedICRA digest):
   only the mixed parameters, so its buffers stay the global ones).
 - The first call's loop is capped at ``max_first_call_epochs`` (FedALA has no cap and can loop forever when the
   loss is noisy); the cap is logged in the returned info.
+- ``global_state`` and ``local_state`` are cloned on entry, before the global model is loaded into ``model``: the
+  natural call ``personalise(model, global_state, model.state_dict(), ...)`` passes *live* views of the model's
+  tensors as ``local_state``, which loading the global model would overwrite (mixing global with global: W never
+  moves and nothing is personalised).
+- Like the reference (and FedALA), mixing is skipped when the local adaptive parameters equal the global ones
+  (e.g. a site that has not trained yet): the mix would be the global model whatever ``W`` is, and the ``W``
+  update is zero (``theta_l - theta_g = 0``); the global model is loaded and ``W`` is left as it was.
+
+Direction of ``W``: FedALA writes ``theta_hat = theta_l + (theta_g - theta_l) * W`` (W weighs the *global* model,
+W = 1 means "take the global model"); FedICRA's reference and this module write ``theta_hat = theta_g +
+(theta_l - theta_g) * W`` (W weighs the *local* model, W = 1 means "keep the local decoder"). The update rule
+flips sign accordingly (here ``- eta * grad * (theta_l - theta_g)``), so a W learnt by one is ``1 - W`` of the
+other; checkpoints of the two are not interchangeable.
 
 This module has no NVFlare import: a learner calls :meth:`AdaptiveDecoderMixing.personalise`.
 """
@@ -141,9 +154,14 @@ class AdaptiveDecoderMixing:
         unknown = sorted(set(global_state) - model_keys)
         if unknown:
             raise KeyError(f"global_state has keys the model lacks: {unknown[:5]}")
-        model.load_state_dict(dict(global_state), strict=False)
+        # clone before loading: local_state may be live views of the model's own tensors (model.state_dict())
+        global_state = {k: v.detach().clone() for k, v in global_state.items()}
+        local_state = {k: local_state[k].detach().clone() for k in self.adaptive_keys}
+        model.load_state_dict(global_state, strict=False)
         if local_iteration < self.warmup_iterations:
             return {"mixed": False, "epochs": 0, "losses": [], "capped": False}
+        if all(torch.equal(global_state[k], local_state[k]) for k in self.adaptive_keys):
+            return {"mixed": False, "epochs": 0, "losses": [], "capped": False}  # the reference skips too
         if len(batches) == 0:
             raise ValueError("batches must not be empty: W is learnt on local data")
 

@@ -1,26 +1,39 @@
 """MR imaging artefacts for robustness tests (the paper's ACDC-C and more), deterministic by (seed, severity).
 
-Six corruptions, five severities each. `corrupt(image, kind, severity, seed)` returns a corrupted copy; the same
-arguments always give the same output, and for a fixed seed the artefact grows with severity (the seed fixes the
-random draws, the severity scales them).
+Two entry points:
 
-| kind           | implementation                                   | severity 1 -> 5                                |
-|----------------|--------------------------------------------------|------------------------------------------------|
-| `bias_field`   | MONAI `RandBiasField`, degree 3, coeffs U(-c, c) | c = 0.1 ... 0.5 (TorchIO default 0.5 = level 5) |
-| `spike`        | MONAI `KSpaceSpikeNoise` at a seeded location    | r x max k-space magnitude, r = 0.1 ... 0.75    |
-| `ghosting`     | own k-space code (TorchIO-like)                  | line attenuation 0.2 ... 0.9                   |
-| `motion`       | own k-space code (TorchIO-like)                  | max rotation 2 ... 10 deg, shift 2 ... 10 px   |
-| `gibbs`        | MONAI `GibbsNoise`                               | alpha = 0.4 ... 0.8 (no randomness: seed unused)|
-| `rician_noise` | MONAI `RandRicianNoise`, fixed std               | std = 0.02 ... 0.10 x image max                |
+- `acdc_c(image, kind, seed)`: one realisation of the reference's ACDC-C generator (TorchIO ``RandomBiasField``,
+  ``RandomSpike``, ``RandomGhosting``, ``RandomMotion`` with the reference's arguments, see `ACDC_C_RANGES`): every
+  magnitude is drawn from the reference's range by `seed`. The robustness benchmark uses three seeds per kind;
+- `corrupt(image, kind, severity, seed)`: six corruptions on a five-step ladder whose level 5 is the top of the
+  reference's range (so level 5 is as strong as the strongest ACDC-C draw); for a fixed seed the artefact grows with
+  severity (the seed fixes the random draws, the severity scales them).
 
-Why own code for ghosting and motion: MONAI has no such transforms and TorchIO is not a dependency of this bundle
-(the digest's ACDC-C used TorchIO defaults; the severity-5 settings here match those defaults' magnitudes, with
-pixels standing in for TorchIO's millimetres). Both follow TorchIO's k-space models:
+Per kind: implementation; severity ladder 1 -> 5; ACDC-C draw (the reference's TorchIO arguments):
+
+- `bias_field`: MONAI `RandBiasField`, degree 3, coefficients U(-c, c); c = 0.1 ... 0.5; ACDC-C c = 0.5 (order 3);
+- `spike`: MONAI `KSpaceSpikeNoise` at a seeded off-centre location, r x max |k|; r = 0.6 ... 3; ACDC-C one spike,
+  r ~ U(1, 3);
+- `ghosting`: own k-space code (TorchIO model), line attenuation a = 0.5 ... 1.0; ACDC-C a ~ U(0.5, 1), n ~ U{4..10};
+- `motion`: own k-space code (TorchIO model), 2 poses, max rotation 6 ... 30 deg and shift 2 ... 10 mm; ACDC-C
+  rotation U(-30, 30) deg, shift U(-10, 10) mm;
+- `gibbs`: MONAI `GibbsNoise`, alpha = 0.4 ... 0.8 (no randomness: seed unused); not in ACDC-C;
+- `rician_noise`: MONAI `RandRicianNoise`, std = 0.02 ... 0.10 x image max; not in ACDC-C.
+
+The magnitudes are the reference generator's (an earlier version of this module was milder: motion up to 10 deg /
+10 px, spikes 0.1-0.75 x the spectrum maximum, ghosting 0.2-0.9). Millimetres become pixels through ``spacing_mm``
+(default 1.36719 mm, the bundle's in-plane spacing), as TorchIO converts them through the image's spacing.
+
+Why own code for ghosting and motion rather than TorchIO: TorchIO is not a dependency of this bundle (it pulls
+SimpleITK and others, and its random draws come from the global torch RNG, whereas here each realisation is fixed by
+its own seed and runs on 2-D slices or 3-D stacks alike). Both follow TorchIO's k-space models:
 
 - ghosting: in the centred 2-D spectrum, every n-th line along the phase-encoding axis is scaled by (1 - a);
   the central 2 % of lines are restored (TorchIO's `restore`); n ~ U{4..10} and the axis come from the seed;
 - motion: the object takes 2 seeded rigid poses (rotation, translation) at seeded times; the k-space lines along
   the phase-encoding axis acquired after each time point come from the spectrum of the moved object.
+- spike: TorchIO sets the spike to intensity x the spectrum maximum; MONAI's `KSpaceSpikeNoise` does the same when
+  given log(r x max).
 
 Images are channel-first, (C, H, W) or (C, H, W, D), numpy or torch, finite floats; the output has the same shape
 and container (float32). Artefacts act in-plane (H, W); for (C, H, W, D) the MONAI transforms act in 3-D and the own
@@ -36,14 +49,23 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import GibbsNoise, KSpaceSpikeNoise, RandBiasField, RandRicianNoise
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "ghosting", "motion"]
+__all__ = ["ACDC_C_KINDS", "ACDC_C_RANGES", "CORRUPTIONS", "SEVERITIES", "acdc_c", "corrupt", "ghosting", "motion"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
 _BIAS_COEFF = (0.1, 0.2, 0.3, 0.4, 0.5)
-_SPIKE_RATIO = (0.1, 0.2, 0.35, 0.5, 0.75)
-_GHOST_INTENSITY = (0.2, 0.35, 0.5, 0.7, 0.9)
-_MOTION_DEGREES = (2.0, 4.0, 6.0, 8.0, 10.0)
-_MOTION_PIXELS = (2.0, 4.0, 6.0, 8.0, 10.0)
+_SPIKE_RATIO = (0.6, 1.2, 1.8, 2.4, 3.0)
+_GHOST_INTENSITY = (0.5, 0.625, 0.75, 0.875, 1.0)
+_MOTION_DEGREES = (6.0, 12.0, 18.0, 24.0, 30.0)
+_MOTION_MM = (2.0, 4.0, 6.0, 8.0, 10.0)
+DEFAULT_SPACING_MM = 1.36719
+#: the reference's ACDC-C generator (TorchIO arguments): the ranges each realisation draws from
+ACDC_C_RANGES = {
+    "bias_field": {"coefficients": 0.5, "order": 3},
+    "spike": {"num_spikes": 1, "intensity": (1.0, 3.0)},
+    "ghosting": {"num_ghosts": (4, 10), "intensity": (0.5, 1.0), "restore": 0.02},
+    "motion": {"degrees": 30.0, "translation_mm": 10.0, "num_transforms": 2},
+}
+ACDC_C_KINDS = tuple(ACDC_C_RANGES)
 _GIBBS_ALPHA = (0.4, 0.5, 0.6, 0.7, 0.8)
 _RICIAN_STD = (0.02, 0.04, 0.06, 0.08, 0.10)
 _GHOST_RESTORE = 0.02
@@ -74,14 +96,20 @@ def _like_input(result: torch.Tensor, image: np.ndarray | torch.Tensor) -> np.nd
 
 
 def _bias_field(img: torch.Tensor, severity: int, seed: int) -> torch.Tensor:
-    c = _BIAS_COEFF[severity - 1]
+    return _bias_field_at(img, _BIAS_COEFF[severity - 1], seed)
+
+
+def _bias_field_at(img: torch.Tensor, c: float, seed: int) -> torch.Tensor:
     transform = RandBiasField(degree=3, coeff_range=(-c, c), prob=1.0)
     transform.set_random_state(seed=seed)
     return transform(img)
 
 
 def _spike(img: torch.Tensor, severity: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
+    return _spike_at(img, _SPIKE_RATIO[severity - 1], np.random.default_rng(seed))
+
+
+def _spike_at(img: torch.Tensor, ratio: float, rng: np.random.Generator) -> torch.Tensor:
     h, w = img.shape[1:3]
     # a location away from the k-space centre: offset 5-40 % of the size, random direction
     radius = rng.uniform(0.05, 0.4)
@@ -91,7 +119,7 @@ def _spike(img: torch.Tensor, severity: int, seed: int) -> torch.Tensor:
         loc.append(img.shape[3] // 2)
     spatial_dims = tuple(range(1, img.ndim))
     peak = torch.fft.fftn(img, dim=spatial_dims).abs().amax(dim=spatial_dims)  # per channel
-    intensity = [float(torch.log(p * _SPIKE_RATIO[severity - 1] + 1e-10)) for p in peak]
+    intensity = [float(torch.log(p * ratio + 1e-10)) for p in peak]
     locs = [(ch, *loc) for ch in range(img.shape[0])]
     return KSpaceSpikeNoise(loc=locs, k_intensity=intensity)(img)
 
@@ -193,13 +221,17 @@ def motion(img: torch.Tensor, degrees: list[float], shifts: list[tuple[float, fl
     return out.reshape(c, h, w)
 
 
-def _motion(img: torch.Tensor, severity: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
+def _motion(img: torch.Tensor, severity: int, seed: int, spacing_mm: float = DEFAULT_SPACING_MM) -> torch.Tensor:
+    return _motion_at(img, _MOTION_DEGREES[severity - 1], _MOTION_MM[severity - 1] / spacing_mm,
+                      np.random.default_rng(seed))
+
+
+def _motion_at(img: torch.Tensor, deg: float, px: float, rng: np.random.Generator) -> torch.Tensor:
+    """Poses drawn as TorchIO: rotation U(-deg, deg), shift U(-px, px) per axis, sorted times."""
     unit_rot = rng.uniform(-1.0, 1.0, _MOTION_TRANSFORMS)
     unit_shift = rng.uniform(-1.0, 1.0, (_MOTION_TRANSFORMS, 2))
     times = sorted(rng.uniform(0.15, 0.85, _MOTION_TRANSFORMS).tolist())
     axis = int(rng.integers(0, 2))
-    deg, px = _MOTION_DEGREES[severity - 1], _MOTION_PIXELS[severity - 1]
     return motion(img, (unit_rot * deg).tolist(), [tuple(s * px) for s in unit_shift], times, axis)
 
 
@@ -233,3 +265,37 @@ def corrupt(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     tensor = _to_tensor(image)
     return _like_input(_IMPLEMENTATIONS[kind](tensor, severity, int(seed)), image)
+
+
+def acdc_c(
+    image: np.ndarray | torch.Tensor, kind: str, seed: int = 0, spacing_mm: float = DEFAULT_SPACING_MM
+) -> np.ndarray | torch.Tensor:
+    """One ACDC-C realisation: the reference generator's corruption `kind`, every magnitude drawn by `seed`.
+
+    Args:
+        image: (C, H, W) or (C, H, W, D) numpy array or torch tensor of finite real values.
+        kind: one of `ACDC_C_KINDS` (bias field, spike, ghosting, motion).
+        seed: non-negative int fixing every draw (the benchmark uses three seeds per kind).
+        spacing_mm: in-plane pixel spacing, converting the motion's 10 mm translation range to pixels.
+    """
+    if kind not in ACDC_C_RANGES:
+        raise ValueError(f"kind must be one of {ACDC_C_KINDS}, got {kind!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not spacing_mm > 0:
+        raise ValueError(f"spacing_mm must be > 0, got {spacing_mm!r}")
+    tensor = _to_tensor(image)
+    rng = np.random.default_rng([int(seed), 7919])
+    ranges = ACDC_C_RANGES[kind]
+    if kind == "bias_field":
+        out = _bias_field_at(tensor, ranges["coefficients"], int(seed))
+    elif kind == "spike":
+        out = _spike_at(tensor, float(rng.uniform(*ranges["intensity"])), rng)
+    elif kind == "ghosting":
+        intensity = float(rng.uniform(*ranges["intensity"]))
+        low, high = ranges["num_ghosts"]
+        out = ghosting(tensor, intensity, int(rng.integers(low, high + 1)), int(rng.integers(0, 2)),
+                       ranges["restore"])
+    else:
+        out = _motion_at(tensor, ranges["degrees"], ranges["translation_mm"] / spacing_mm, rng)
+    return _like_input(out, image)

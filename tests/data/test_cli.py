@@ -30,13 +30,15 @@ EXPECTED = {
                      "--task": None},
     },
     "fedmri": {
-        "convert": {"--consistency-rtol": 0.05, "--datalist-dir": "datalists/fedmri", "--fractions": [0.7, 0.15, 0.15],
+        "convert": {"--brats-slices": [40, 120], "--consistency-rtol": 0.05, "--crop": None,
+                    "--datalist-dir": "datalists/fedmri", "--fractions": [0.7, 0.15, 0.15], "--max-slices": None,
                     "--min-foreground": 0.05, "--modality": None, "--out": "data/fedmri/converted",
                     "--raw-root": "data/fedmri/raw", "--seed": 0, "--site": None},
-        "generate": {"--brats-matrix": None, "--depth": 16, "--fastmri-matrix": None, "--out": "data/fedmri/raw",
+        # BraTS-layout files always have the real 155 slices: no --depth (issue 13)
+        "generate": {"--brats-matrix": None, "--fastmri-matrix": None, "--out": "data/fedmri/raw",
                      "--seed": 0, "--sites": 4, "--slices": 3, "--volumes": 4},
-        "validate": {"--data-root": "data/fedmri/converted", "--datalist-dir": "datalists/fedmri", "--modality": None,
-                     "--raw-root": None, "--site": None},
+        "validate": {"--crop": None, "--data-root": "data/fedmri/converted", "--datalist-dir": "datalists/fedmri",
+                     "--modality": None, "--raw-root": None, "--site": None},
     },
     "mednist": {
         "generate": {"--out": "data/mednist", "--per-class": 60, "--seed": 0},
@@ -62,8 +64,9 @@ EXPECTED = {
     "multisite_prostate": {
         "convert": {"--datalist-dir": "datalists/multisite_prostate", "--keep-empty-slices": False,
                     "--out": "data/multisite_prostate", "--raw": "data/raw/multisite_prostate", "--seed": 0,
-                    "--sites": ["BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL"], "--size": 64},
-        "generate": {"--n-cases": 6, "--out": "data/raw/multisite_prostate", "--seed": 0},
+                    "--sites": ["BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL"], "--size": 64, "--n-test": None},
+        "generate": {"--n-cases": 6, "--out": "data/raw/multisite_prostate", "--seed": 0, "--shift-strength": 1.0,
+                     "--matrix": 384},
         "validate": {"--data-root": "data/multisite_prostate", "--datalist-dir": "datalists/multisite_prostate"},
     },
 }

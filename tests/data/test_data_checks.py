@@ -57,8 +57,9 @@ def test_multisite_prostate_rejects_a_moved_label(bidmc, tmp_path, how):
 
 @pytest.mark.parametrize("how", ["shifted", "flipped"])
 def test_fedmri_brats_rejects_a_moved_segmentation(tmp_path, how):
-    spec = next(s for s in syn_fedmri.sites_with_matrix(syn_fedmri.DEFAULT_SITES, 32, 24) if s.layout == "brats")
-    case = syn_fedmri.generate(tmp_path, (spec,), volumes_per_site=1, depth=4)[spec.name][0]
+    # BraTS-layout files are 240 x 240 x 155 whatever the site's crop; the head fills the default 240 matrix
+    spec = next(s for s in syn_fedmri.DEFAULT_SITES if s.layout == "brats")
+    case = syn_fedmri.generate(tmp_path, (spec,), volumes_per_site=1)[spec.name][0]
     assert inspect_brats_case(case)["slices"]
     _move(case / f"{case.name}_seg.nii.gz", how)
     with pytest.raises(DataValidationError, match=r"seg: .*_seg.nii.gz.*affine differs from t1"):

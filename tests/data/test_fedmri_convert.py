@@ -17,14 +17,15 @@ from data_prep._mri_fft import center_crop, ifft2c
 from data_prep.common import DataValidationError
 from data_prep.synthetic import fedmri as syn
 
-SMALL_SITES = syn.sites_with_matrix(syn.DEFAULT_SITES, fastmri_matrix=32, brats_matrix=24)
+# BraTS-layout files are always 240 x 240 x 155; the sites keep their default head size and crop at load time
+SMALL_SITES = syn.sites_with_matrix(syn.DEFAULT_SITES, fastmri_matrix=32, brats_matrix=None)
 LAYOUT_OF = {s.name: s.layout for s in SMALL_SITES}
 
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw")
-    syn.generate(root, SMALL_SITES, volumes_per_site=4, slices=2, depth=6, seed=3)
+    syn.generate(root, SMALL_SITES, volumes_per_site=4, slices=2, seed=3)
     return root
 
 
@@ -32,7 +33,9 @@ def raw(tmp_path_factory):
 def converted(raw, tmp_path_factory):
     out = tmp_path_factory.mktemp("conv")
     sites = {s.name: raw / s.name for s in SMALL_SITES}
-    summary = fedmri.convert(sites, out / "data", out / "datalists", seed=7, modalities={"site-2": "t2"})
+    # cheap settings crop at load time: 24 x 24 centre of the 240 x 240 BraTS slices, 3 slices per volume
+    summary = fedmri.convert(sites, out / "data", out / "datalists", seed=7, modalities={"site-2": "t2"},
+                             max_slices=3, crops={"site-2": 24, "site-4": 24})
     return raw, out / "data", out / "datalists", summary
 
 
@@ -94,8 +97,10 @@ def test_converted_files_match_their_sources(converted):
             else:
                 assert source.name.endswith("_t2.nii.gz" if site == "site-2" else "_t1.nii.gz")
                 volume = np.asarray(nib.load(str(source)).dataobj)
+                assert volume.shape == syn.BRATS_SHAPE and target.shape[-2:] == (24, 24)
                 for i, z in enumerate(attrs["slice_indices"]):
-                    np.testing.assert_array_equal(target[i], volume[:, :, z].T)
+                    assert fedmri.BRATS_SLICE_RANGE[0] <= z < fedmri.BRATS_SLICE_RANGE[1]
+                    np.testing.assert_array_equal(target[i], volume[:, :, z].T[108:132, 108:132])
 
 
 def test_validate_accepts_converted_and_the_cli_runs_end_to_end(converted, tmp_path, capsys):
@@ -105,10 +110,11 @@ def test_validate_accepts_converted_and_the_cli_runs_end_to_end(converted, tmp_p
     }
     raw_dir, conv, dl = tmp_path / "raw", tmp_path / "conv", tmp_path / "dl"
     assert fedmri.main(["generate", "--out", str(raw_dir), "--sites", "2", "--volumes", "3", "--slices", "1",
-                        "--depth", "4", "--fastmri-matrix", "16", "--brats-matrix", "16"]) == 0
-    assert fedmri.main(["convert", "--raw-root", str(raw_dir), "--out", str(conv), "--datalist-dir", str(dl)]) == 0
+                        "--fastmri-matrix", "16", "--brats-matrix", "16"]) == 0
+    assert fedmri.main(["convert", "--raw-root", str(raw_dir), "--out", str(conv), "--datalist-dir", str(dl),
+                        "--max-slices", "2", "--crop", "site-2=16"]) == 0
     assert fedmri.main(["validate", "--data-root", str(conv), "--datalist-dir", str(dl)]) == 0
-    assert fedmri.main(["validate", "--raw-root", str(raw_dir)]) == 0
+    assert fedmri.main(["validate", "--raw-root", str(raw_dir), "--crop", "site-2=16"]) == 0
     assert "site-2" in capsys.readouterr().out
 
 

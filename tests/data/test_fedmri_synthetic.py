@@ -21,7 +21,7 @@ SMALL_SITES = syn.sites_with_matrix(syn.DEFAULT_SITES, fastmri_matrix=32, brats_
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     root = tmp_path_factory.mktemp("fedmri_raw")
-    written = syn.generate(root, SMALL_SITES, volumes_per_site=3, slices=2, depth=6, seed=1)
+    written = syn.generate(root, SMALL_SITES, volumes_per_site=3, slices=2, seed=1)
     return root, written
 
 
@@ -129,13 +129,18 @@ def test_brats_cases_follow_the_2019_layout_and_read_with_monai(raw):
             seg = nib.load(str(case_dir / f"{case_dir.name}_seg.nii.gz"))
             t1 = nib.load(str(case_dir / f"{case_dir.name}_t1.nii.gz"))
             assert seg.get_data_dtype() == np.uint8 and t1.get_data_dtype() == np.int16
-            assert seg.shape == t1.shape == (24, 24, 6)
+            # the real BraTS 2019 geometry, whatever the site's load-time crop: 240 x 240 x 155 at 1 mm
+            assert seg.shape == t1.shape == syn.BRATS_SHAPE == (240, 240, 155)
+            assert np.allclose(np.abs(np.diag(t1.affine)[:3]), 1.0)
             labels = set(np.unique(np.asarray(seg.dataobj)).tolist())
             assert labels <= {0, 1, 2, 4}
             if grade == "LGG":
                 assert 4 not in labels
             image = LoadImage(image_only=True)(str(case_dir / f"{case_dir.name}_flair.nii.gz"))
-            assert tuple(image.shape) == (24, 24, 6) and float(image.max()) > 0
+            assert tuple(image.shape) == (240, 240, 155) and float(image.max()) > 0
+            # the head is drawn inside the site's 24 x 24 load-time crop, so cropping loses no brain
+            data = np.asarray(image)
+            assert data[:108].max() == 0 and data[132:].max() == 0 and data[108:132].max() > 0
 
 
 def test_sites_differ_in_matrix_and_contrast(raw):

@@ -70,3 +70,30 @@ def test_provision_writes_startup_kits(tmp_path):
     admin = json.loads((prod / poc.admin_name / "startup" / "fed_admin.json").read_text())["admin"]
     assert (admin["port"], admin["scheme"]) == (poc.admin_port, "tcp")
     assert not (prod / "site-3").exists()
+
+
+def test_production_profile_provisions_three_hospitals_with_mutual_tls(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    prod_file = PROJECT_FILE.with_name("project.prod.yml")
+    project = yaml.safe_load(prod_file.read_text())
+    [server] = [p for p in project["participants"] if p["type"] == "server"]
+    assert "." in server["name"] and server["name"] != "localhost"  # a host name the sites dial
+    cli = Path(sys.executable).with_name("nvflare")
+    subprocess.run([str(cli), "provision", "-p", str(prod_file), "-w", str(tmp_path)], check=True,
+                   capture_output=True, timeout=300, cwd=tmp_path)
+    prod = tmp_path / project["name"] / "prod_00"
+    fed_server = json.loads((prod / server["name"] / "startup" / "fed_server.json").read_text())["servers"][0]
+    assert fed_server["connection_security"] == "mtls"
+    assert fed_server["service"] == {"target": f"{server['name']}:8002", "scheme": "tcp"}
+    sites = [p["name"] for p in project["participants"] if p["type"] == "client"]
+    assert len(sites) == 3
+    for site in sites:
+        startup = prod / site / "startup"
+        client = json.loads((startup / "fed_client.json").read_text())
+        assert client["servers"][0]["service"]["target"] == f"{server['name']}:8002"
+        assert {"client.crt", "client.key", "rootCA.pem"} <= {p.name for p in startup.iterdir()}
+    admin = json.loads((prod / "admin@fl-medimg.org" / "startup" / "fed_admin.json").read_text())["admin"]
+    assert (admin["host"], admin["port"], admin["connection_security"]) == (server["name"], 8003, "mtls")

@@ -23,9 +23,11 @@ from data_prep.synthetic.multisite_prostate import PROFILES, generate, raw_file_
 def test_raw_layout_and_name_case_vary_by_site(tiny_prostate):
     raw = tiny_prostate["root"] / "raw"
     assert (raw / "BIDMC" / "Case00_segmentation.nii.gz").is_file()
-    assert (raw / "ISBI" / "Case00_Segmentation.nii.gz").is_file()
-    assert raw_file_names("ISBI_1.5", "Case07") == ("case07.nii.gz", "case07_segmentation.nii.gz")
-    assert len({p.size for p in PROFILES.values()}) > 1  # resolution differs between sites
+    assert (raw / "ISBI" / "Case00_segmentation.nii.gz").is_file()
+    assert (raw / "HK" / "Case38.nii.gz").is_file()  # each site's real case ids (HK starts at 38)
+    assert raw_file_names("ISBI_1.5", "Case07") == ("Case07.nii.gz", "Case07_segmentation.nii.gz")
+    assert len({p.spacing_mm for p in PROFILES.values()}) > 1  # resolution differs between sites
+    assert len({p.slice_mm for p in PROFILES.values()}) > 1
 
 
 def test_converted_slices_and_datalists(tiny_prostate):
@@ -86,8 +88,8 @@ def test_zscore():
 
 
 @pytest.fixture()
-def one_site(tmp_path):
-    generate(tmp_path / "raw", n_cases=3, sites=("BIDMC",))
+def one_site(tmp_path, tiny_matrix):
+    generate(tmp_path / "raw", n_cases=3, sites=("BIDMC",), matrix=tiny_matrix)
     return tmp_path / "raw" / "BIDMC"
 
 

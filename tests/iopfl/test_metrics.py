@@ -47,3 +47,18 @@ def test_length_mismatch():
     g = _square(2)
     with pytest.raises(ValueError, match="need as many"):
         score_slices(g, g, ["a"], [0, 1])
+
+
+def test_per_volume_scores_are_each_volumes_own_and_average_to_the_mean():
+    g = _square(4)
+    p = g.copy()
+    p[3] = 0  # case b's slice 0 (listed last) is missed
+    out = score_slices(p, g, ["a", "a", "b", "b"], [0, 1, 1, 0], prefix="test", per_volume=True)
+    vols = out["volumes"]
+    assert set(vols) == {"a", "b"}
+    assert vols["a"]["dice"] == pytest.approx(1.0) and vols["b"]["dice"] == pytest.approx(2 * 16 / 48)
+    assert vols["a"]["hd95"] == pytest.approx(0.0)
+    # case b's 2-D reference score: slice 1 perfect (~1), slice 0 bg-only 2*48/112 and fg 0
+    assert vols["b"]["dice2d"] == pytest.approx((1.0 + (2 * 48 / 112) / 2) / 2, abs=1e-6)
+    assert out["test_dice"] == pytest.approx(np.mean([v["dice"] for v in vols.values()]))
+    assert "volumes" not in score_slices(p, g, ["a", "a", "b", "b"], [0, 1, 1, 0])

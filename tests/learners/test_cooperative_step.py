@@ -85,10 +85,10 @@ def test_hard_examples_differ_from_plain_decoding():
     assert not torch.allclose(hard.image, plain)
 
 
-def test_hard_losses_with_frozen_bn_leave_bn_affine_and_stats_alone():
+def test_hard_losses_with_all_bn_frozen_leave_bn_affine_and_stats_alone():
     net = _net()
     image, label = _batch()
-    cfg = CooperativeConfig()
+    cfg = CooperativeConfig(hard_example_bn="all")
     z_i, z_s = _codes(net, image, label, cfg)
     hard = generate_hard_examples(net, z_i, z_s, image, label, cfg, torch.Generator().manual_seed(2))
     net.zero_grad(set_to_none=True)
@@ -102,16 +102,42 @@ def test_hard_losses_with_frozen_bn_leave_bn_affine_and_stats_alone():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(net, part).parameters()), part
 
 
-def test_hard_losses_reference_mode_trains_bn():
+def test_hard_losses_unfrozen_mode_trains_bn():
     net = _net()
     image, label = _batch()
-    cfg = CooperativeConfig(freeze_bn_on_hard_examples=False)
+    cfg = CooperativeConfig(hard_example_bn="none")
     z_i, z_s = _codes(net, image, label, cfg)
     hard = generate_hard_examples(net, z_i, z_s, image, label, cfg, torch.Generator().manual_seed(2))
     before = _buffers(net)
     sum(hard_example_losses(net, hard, image, label, cfg).values()).backward()
     assert not torch.equal(before["encoder.input_block.1.running_mean"], net.encoder.input_block[1].running_mean)
     assert net.encoder.input_block[1].weight.grad is not None
+
+
+def test_hard_losses_reference_mode_freezes_bn_except_the_image_decoder():
+    """The reference: BN of encoder, code filter, segmentation decoder and STN frozen on hard-example passes
+    (no running-statistics update, no affine gradient); only the image decoder's pass tracks and trains BN."""
+    assert CooperativeConfig().hard_example_bn == "reference"  # the default is the reference
+    net = _net()
+    image, label = _batch()
+    cfg = CooperativeConfig()
+    z_i, z_s = _codes(net, image, label, cfg)
+    hard = generate_hard_examples(net, z_i, z_s, image, label, cfg, torch.Generator().manual_seed(2))
+    net.zero_grad(set_to_none=True)
+    before = _buffers(net)
+    sum(hard_example_losses(net, hard, image, label, cfg).values()).backward()
+    after = _buffers(net)
+    for part in ("encoder", "code_filter", "segmentation_decoder", "stn"):
+        for key in (k for k in before if k.startswith(part + ".")):
+            assert torch.equal(before[key], after[key]), key
+        bn = [m for m in getattr(net, part).modules() if isinstance(m, FreezableBatchNorm2d)]
+        assert bn and all(m.weight.grad is None and m.bias.grad is None for m in bn), part
+    decoder_bn = [m for m in net.image_decoder.modules() if isinstance(m, FreezableBatchNorm2d)]
+    running = [k for k in before if k.startswith("image_decoder.") and k.endswith("running_mean")]
+    assert running and all(not torch.equal(before[k], after[k]) for k in running)
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in decoder_bn)
+    for part in PART_NAMES:  # every part's convolutions learn from the hard examples
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(net, part).parameters()), part
 
 
 def test_one_cooperative_step_changes_every_part():
@@ -130,13 +156,13 @@ def test_one_cooperative_step_changes_every_part():
     assert report["loss"] == pytest.approx(sum(report[k] for k in expected_terms), rel=1e-5)
 
 
-def test_frozen_bn_mode_keeps_running_stats_equal_to_the_standard_step():
+def test_all_frozen_bn_mode_keeps_running_stats_equal_to_the_standard_step():
     image, label = _batch()
     nets = {}
     for latent_da in (False, True):
         net = _net()
-        cooperative_step(net, build_optimizer(net), image, label, CooperativeConfig(latent_da=latent_da),
-                         torch.Generator().manual_seed(0))
+        cfg = CooperativeConfig(latent_da=latent_da, hard_example_bn="all")
+        cooperative_step(net, build_optimizer(net), image, label, cfg, torch.Generator().manual_seed(0))
         nets[latent_da] = net
     standard, cooperative = _buffers(nets[False]), _buffers(nets[True])
     for key in standard:
@@ -185,9 +211,27 @@ def test_bad_inputs():
         cooperative_step(net, opt, image[..., :30, :30], label[..., :30, :30])
     with pytest.raises(ValueError, match="image_code_scheme must be one of .* got 'mixup'"):
         CooperativeConfig(image_code_scheme="mixup")
+    with pytest.raises(ValueError, match="hard_example_bn must be one of .* got 'digest'"):
+        CooperativeConfig(hard_example_bn="digest")
     with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\), got 1.0"):
         CooperativeConfig(dropout_p=1.0)
     with pytest.raises(ValueError, match=r"max_mask_fraction must be in \[0, 1\], got 2"):
         CooperativeConfig(max_mask_fraction=2)
     with pytest.raises(ValueError, match="learning_rate must be > 0, got 0"):
         CooperativeConfig(learning_rate=0)
+
+
+def test_plain_training_uses_only_the_segmentation_path():
+    net = _net()
+    before = copy.deepcopy(net.state_dict())
+    image, label = _batch()
+    cfg = CooperativeConfig(latent_da=False, cooperative=False)
+    report = cooperative_step(net, build_optimizer(net), image, label, cfg, torch.Generator().manual_seed(0))
+    assert {k for k in report if k.startswith(("standard/", "hard/"))} == {"standard/seg"}
+    after = net.state_dict()
+    for part in ("image_decoder", "stn"):  # unused: no gradient, so Adam leaves them exactly as they were
+        assert all(torch.equal(before[k], after[k]) for k in after if k.startswith(part + ".")
+                   and "running" not in k and "num_batches" not in k), part
+    assert not torch.equal(before["encoder.input_block.0.weight"], after["encoder.input_block.0.weight"])
+    with pytest.raises(ValueError, match="latent_da=True needs cooperative=True"):
+        CooperativeConfig(cooperative=False)

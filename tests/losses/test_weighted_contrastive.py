@@ -164,3 +164,43 @@ def test_bad_tensors_are_rejected(tiny):
         contrastive_is_active(-1, 0)
     with pytest.raises(ValueError, match="state_dicts must be a non-empty sequence"):
         mean_state_dict([])
+
+
+def test_linear_denominator_is_bounded_where_the_tangent_reaches_zero():
+    # review finding: theta_g = 0, negatives [1, 1] and [1, 0.5], theta = [1, 1]: exact 2 / 0.5 = 4, while the
+    # tangent 3.5 - 2 - 2 = -0.5 made the clamped linear loss 2e14 (gradient ~1e16)
+    positive = {"w": _t([0.0, 0.0])}
+    negatives = [{"w": _t([1.0, 1.0])}, {"w": _t([1.0, 0.5])}]
+    summary = summarize_negatives(positive, negatives)
+    local = {"w": _t([1.0, 1.0]).requires_grad_()}
+    exact = weighted_contrastive_loss(local, positive, negatives)
+    assert exact.item() == pytest.approx(4.0)
+    linear = weighted_contrastive_loss(local, positive, summary, negative_mode="linear")
+    # the floor binds: 2 / (0.1 * 3.5)
+    assert linear.item() == pytest.approx(2.0 / 0.35)
+    (grad,) = torch.autograd.grad(linear, [local["w"]])
+    assert torch.isfinite(grad).all() and grad.abs().max() < 10
+    torch.testing.assert_close(grad, _t([1 / 0.35, 1 / 0.35]))
+    # a looser floor gives a larger but still finite loss; an invalid floor is refused
+    assert weighted_contrastive_loss(local, positive, summary, negative_mode="linear", linear_floor=0.01) < 1e3
+    with pytest.raises(ValueError, match="linear_floor"):
+        weighted_contrastive_loss(local, positive, summary, negative_mode="linear", linear_floor=0.0)
+
+
+def test_linear_loss_stays_finite_along_a_long_path():
+    gen = torch.Generator().manual_seed(1)
+    positive = {"w": torch.randn(50, generator=gen, dtype=torch.float64)}
+    negatives = [{"w": positive["w"] + 0.1 * torch.randn(50, generator=gen, dtype=torch.float64)} for _ in range(3)]
+    summary = summarize_negatives(positive, negatives)
+    direction = torch.randn(50, generator=gen, dtype=torch.float64)
+    for scale in (0.0, 0.01, 0.1, 1.0, 10.0, 100.0):
+        local = {"w": (positive["w"] + scale * direction).requires_grad_()}
+        linear = weighted_contrastive_loss(local, positive, summary, negative_mode="linear")
+        (grad,) = torch.autograd.grad(linear, [local["w"]])
+        numerator = (scale * direction).abs().sum().item()
+        # never above num / (0.1 * D0), never below the exact loss (all three terms are <= the exact denominator
+        # unless the floor binds, and then it is the floor)
+        assert linear.item() <= numerator / (0.1 * summary.distance.item()) * (1 + 1e-12) + 1e-300
+        assert linear.item() >= weighted_contrastive_loss(local, positive, negatives).item() * (1 - 1e-12) or (
+            linear.item() == pytest.approx(numerator / (0.1 * summary.distance.item())))
+        assert torch.isfinite(grad).all() and grad.abs().max() < 1e3

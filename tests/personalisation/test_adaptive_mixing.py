@@ -167,3 +167,25 @@ def test_with_fedicra_model_and_key_groups():
         torch.testing.assert_close(state[f"channel_selection.{k}"], v)
     moved = [k for k in groups.adaptive if not torch.equal(mixer.weights[k], torch.ones_like(mixer.weights[k]))]
     assert moved, "W must change for at least one decoder parameter"
+
+
+def test_live_state_dict_as_local_state_is_not_overwritten_by_the_global_model():
+    """The natural call passes model.state_dict() (live views): local must still be the pre-load local model."""
+    model, glob, local = _states()
+    model.load_state_dict(local)
+    mixer = AdaptiveDecoderMixing(KEYS, eta=0.1)
+    mixer.load_state_dict({"weights": None, "first_call_done": True})
+    info = mixer.personalise(model, glob, model.state_dict(), [X], _squared_output, local_iteration=100)
+    assert info["mixed"]
+    # the same hand-computed W as with a cloned local state (test_one_step_matches_hand_computation)
+    torch.testing.assert_close(mixer.weights["decoder.weight"], torch.tensor([[1.0, 0.324]]))
+    torch.testing.assert_close(model.decoder.weight.data, torch.tensor([[0.5, 0.3 - 1.3 * 0.324]]))
+    torch.testing.assert_close(model.decoder.bias.data, torch.tensor([0.2]))
+
+
+def test_skips_mixing_when_local_equals_global():
+    model, glob, _ = _states()
+    mixer = AdaptiveDecoderMixing(KEYS)
+    info = mixer.personalise(model, glob, dict(glob), [X], _squared_output, local_iteration=100)
+    assert info["mixed"] is False and mixer.weights is None and not mixer.first_call_done
+    torch.testing.assert_close(model.decoder.weight.data, glob["decoder.weight"])

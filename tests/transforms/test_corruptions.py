@@ -105,3 +105,40 @@ def test_bad_low_level_arguments():
         motion(img, [1.0], [(0.0, 0.0)], [0.5], axis=2)
     with pytest.raises(ValueError, match="times must be increasing values in \\(0, 1\\)"):
         motion(img, [1.0, 2.0], [(0.0, 0.0)] * 2, [0.7, 0.3], axis=0)
+
+
+# ---- ACDC-C: the reference generator's magnitudes ----------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["bias_field", "spike", "ghosting", "motion"])
+def test_acdc_c_is_seeded_and_varies_with_the_seed(kind):
+    from src.transforms.corruptions import acdc_c
+
+    img = _phantom(32)
+    a, b, c = acdc_c(img, kind, seed=1), acdc_c(img, kind, seed=1), acdc_c(img, kind, seed=2)
+    assert np.array_equal(a, b) and not np.allclose(a, c) and not np.allclose(a, img)
+
+
+def test_acdc_c_spike_is_one_to_three_times_the_spectrum_maximum():
+    """The spike is set to r x max|k|, r ~ U(1, 3); the image keeps the real part, which splits it into two
+    conjugate components of half that size: so the largest non-DC component lies in [0.5, 1.5] x max|k|."""
+    from src.transforms.corruptions import acdc_c
+
+    img = _phantom(32)
+    peak = np.abs(np.fft.fftn(img[0])).max()
+    clean = np.abs(np.fft.fftn(img[0])).ravel()[1:].max()
+    for seed in range(4):
+        spectrum = np.abs(np.fft.fftn(acdc_c(img, "spike", seed=seed)[0])).ravel()
+        spike = spectrum[1:].max()  # index 0 is DC
+        assert spike > 1.2 * clean and 0.49 * peak <= spike <= 1.51 * peak, (seed, spike / peak)
+
+
+def test_ladder_top_is_the_reference_magnitude_and_acdc_c_ranges_are_the_reference():
+    from src.transforms import corruptions as c
+
+    assert c._MOTION_DEGREES[-1] == 30.0 and c._MOTION_MM[-1] == 10.0
+    assert c._SPIKE_RATIO[-1] == 3.0 and c._GHOST_INTENSITY[0] == 0.5 and c._GHOST_INTENSITY[-1] == 1.0
+    assert c._BIAS_COEFF[-1] == 0.5
+    assert c.ACDC_C_RANGES["motion"] == {"degrees": 30.0, "translation_mm": 10.0, "num_transforms": 2}
+    assert c.ACDC_C_RANGES["spike"]["intensity"] == (1.0, 3.0)
+    assert c.ACDC_C_RANGES["ghosting"]["intensity"] == (0.5, 1.0)
+    with pytest.raises(ValueError, match="kind must be one of .* got 'gibbs'"):
+        c.acdc_c(_phantom(16), "gibbs")
