@@ -34,6 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILE = ROOT / "deploy" / "project.yml"
 TERMINAL_PREFIX = "FINISHED"
+#: file provision writes into its workspace; an existing workspace is replaced only when it holds it
+POC_MARKER = ".fl_poc_workspace"
 # server log lines worth showing while a job runs (FedAvg rounds, aggregation, cross-site evaluation, errors)
 PROGRESS_MARKERS = ("started.", "aggregating", "Finished FedAvg", "Beginning model validation", "ERROR")
 
@@ -49,6 +51,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def check_own_workspace(workspace: Path) -> None:
+    """Refuse (PocError) to replace ``workspace`` unless it is absent, empty or an earlier POC workspace."""
+    workspace = Path(workspace).resolve()
+    for p in (ROOT, Path.cwd().resolve(), Path.home().resolve(), Path("/")):
+        if workspace == p or workspace in p.parents:
+            raise PocError(f"refusing to use {workspace} as the POC workspace: it is (or contains) {p}")
+    if workspace.exists() and (not workspace.is_dir() or (any(workspace.iterdir())
+                                                          and not (workspace / POC_MARKER).is_file())):
+        raise PocError(f"refusing to replace {workspace}: it is not an earlier POC workspace (no {POC_MARKER}); "
+                       f"choose another --workspace")
 
 
 def port_in_use(port: int) -> bool:
@@ -134,9 +148,11 @@ class PocDeployment:
         while self.admin_port == self.fed_learn_port:
             self.admin_port = free_port()
         project = render_project(template, self.sites, self.host, self.fed_learn_port, self.admin_port)
+        check_own_workspace(self.workspace)
         if self.workspace.exists():
             shutil.rmtree(self.workspace)
         self.workspace.mkdir(parents=True)
+        (self.workspace / POC_MARKER).write_text("written by deploy/poc.py provision\n")
         rendered = self.workspace / "project.yml"
         rendered.write_text(yaml.safe_dump(project, sort_keys=False))
         kits = self.workspace / "kits"
@@ -148,9 +164,21 @@ class PocDeployment:
         if proc.returncode != 0 or not prods:
             raise PocError(f"nvflare provision failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         self.prod_dir = prods[-1]
+        self._own_stores()
         self.admin_name = next(p["name"] for p in project["participants"] if p.get("role") == "project_admin")
         self._log(f"provisioned {', '.join(self.sites)} + server + {self.admin_name} in {self.prod_dir}")
         return self.prod_dir
+
+    def _own_stores(self) -> None:
+        """Job store and snapshot store under this workspace, owner-only, instead of NVFlare's machine-wide
+        ``/tmp/nvflare`` (world-readable, shared by every run on the machine, never cleaned)."""
+        store = self.workspace / "store"
+        store.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.workspace, 0o700)
+        for resources in self.prod_dir.glob("*/local/resources.json*"):
+            text = resources.read_text()
+            if "/tmp/nvflare/" in text:
+                resources.write_text(text.replace("/tmp/nvflare/", f"{store}/"))
 
     def kit(self, participant: str) -> Path:
         if self.prod_dir is None:

@@ -4,6 +4,19 @@ A job script only composes: parse options -> ``build_recipe(args)`` (importable,
 ``build_recipe`` hands :func:`build_job_recipe` a model *factory*: the initial global model is built there under
 ``torch.manual_seed(args.seed)``, so the same ``--seed`` gives the same start. NVFlare is imported lazily because
 importing ``nvflare.recipe`` strips ``--export-dir`` from ``sys.argv``.
+
+Reliability rules (docs/reliability.md):
+
+* nothing the tools did not create is deleted: ``--env export`` replaces a folder only when it holds the marker
+  file an earlier export wrote (:data:`EXPORT_MARKER`), never the checkout, the working directory, the home folder
+  or a folder above them; every simulator run gets its own folder ``<workspace>/<name>/runs/<run id>`` (a
+  ``latest`` link points at the newest), and an existing run folder is replaced only with ``--overwrite`` and
+  only when it holds :data:`RUN_MARKER`; the staging folders of the job's code live under
+  ``<workspace>/.staging`` and are removed after the run, or by the next run when a killed one left them;
+* ``--min-clients`` / ``--round-timeout``: see :class:`src.aggregators.controller.FederatedFedAvg`;
+* SIGINT/SIGTERM on a job script stops every process it started (the simulator and its site workers run in
+  their own sessions, so they are found as descendants and terminated, then killed) and writes the summary of
+  the rounds completed so far.
 """
 
 from __future__ import annotations
@@ -14,8 +27,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +48,13 @@ SRC_DIR = ROOT / "src"
 CLIENT_SCRIPT = "jobs/fl_client.py"
 # relative to ROOT: NVFlare bundles a relative initial checkpoint into the server app of the job
 INITIAL_MODELS = Path("workspace") / "initial_models"
+#: file an export writes into its folder; only a folder holding it is ever replaced by a later export
+EXPORT_MARKER = ".fl_job_export"
+#: file written into every run folder (options, status); only a folder holding it is replaced with --overwrite
+RUN_MARKER = "run.json"
+STAGING = ".staging"
+#: seconds the processes of a stopped job get between SIGTERM and SIGKILL
+STOP_GRACE_S = 10.0
 TRACKING_CHOICES = {
     "tensorboard": ("tensorboard",),
     "mlflow": ("mlflow",),
@@ -64,6 +86,18 @@ def job_parser(description: str, *, name: str, n_clients: int, num_rounds: int, 
     p.add_argument("--site-env", action="append", default=[], metavar="SITE:VAR=VALUE",
                    help="--env poc: environment of one site's client, e.g. site-1:FL_DATA_ROOT=/data/a (repeatable)")
     p.add_argument("--poc-timeout", type=float, default=3600.0, help="--env poc: seconds the job may run")
+    p.add_argument("--min-clients", type=int, default=0,
+                   help="fewest sites whose result a round needs; a dead site is then left out (0: every site)")
+    p.add_argument("--round-timeout", type=int, default=0,
+                   help="seconds a round waits for the sites (0: no limit; dead simulator workers and "
+                        "disconnected sites are detected without it)")
+    p.add_argument("--run-id", default=None,
+                   help="--env sim: name of this run's folder <workspace>/<name>/runs/<run id> (default: UTC time)")
+    p.add_argument("--resume", default=None, metavar="RUN_FOLDER",
+                   help="--env sim: continue a stopped or finished run (its last global model, completed rounds and "
+                        "every site's saved state) up to --num-rounds in total")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--env sim: replace an existing run folder of the same --run-id (only one a run wrote)")
     p.add_argument("--startup-kit", default=None, metavar="DIR",
                    help="--env prod: the admin's startup kit folder (holds startup/fed_admin.json)")
     p.add_argument("--prod-timeout", type=float, default=0.0,
@@ -88,6 +122,14 @@ def parse_job_args(parser: argparse.ArgumentParser, argv=None, check=None) -> ar
     """Parse the options, run ``check(args)`` (the job's pre-flight data check, before any heavy import), then
     import NVFlare's recipe module without letting it re-read ``sys.argv``."""
     args = parser.parse_args(argv)
+    n_sites = len(sites_of(args))
+    if not 0 <= args.min_clients <= n_sites:
+        parser.error(f"--min-clients must be between 0 and the number of sites ({n_sites}), got {args.min_clients}")
+    if args.round_timeout < 0:
+        parser.error(f"--round-timeout must be >= 0 seconds, got {args.round_timeout}")
+    if args.run_id is not None and (not args.run_id or Path(args.run_id).name != args.run_id
+                                    or args.run_id in (".", "..", "latest")):
+        parser.error(f"--run-id must be a plain folder name, got {args.run_id!r}")
     if check is not None:
         check(args)
     saved, sys.argv = sys.argv, sys.argv[:1]
@@ -112,12 +154,39 @@ def common_config(args) -> dict:
         "num_threads": args.threads,
         "n_clients": len(sites_of(args)),
         "tracking": TRACKING_CHOICES[args.tracking],
+        "resume": bool(getattr(args, "resume", None)),
     }
 
 
-def stage_project(recipe, learner: type, config: LearnerConfig) -> None:
-    """Put the ``src`` package and the learner config into the job's ``custom/`` folders (self-contained job)."""
-    staging = Path(tempfile.mkdtemp(prefix="fl-job-"))
+def staging_root(args) -> Path:
+    return Path(args.workspace).resolve() / STAGING
+
+
+def clean_stale_staging(root: Path) -> list[Path]:
+    """Remove staging folders ``fl-job-<pid>-*`` whose process no longer runs (a killed earlier run's)."""
+    import psutil
+
+    removed = []
+    for folder in sorted(root.glob("fl-job-*")) if root.is_dir() else []:
+        try:
+            pid = int(folder.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not psutil.pid_exists(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def stage_project(recipe, learner: type, config: LearnerConfig, root: Path | None = None) -> Path:
+    """Put the ``src`` package and the learner config into the job's ``custom/`` folders (self-contained job).
+
+    The staging folder (under ``root``, default the system temp folder) is returned; :func:`execute` removes it.
+    """
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(root)
+    staging = Path(tempfile.mkdtemp(prefix=f"fl-job-{os.getpid()}-", dir=root))
     staged = {
         "learner": f"{learner.__module__}.{learner.__qualname__}",
         "config_class": f"{type(config).__module__}.{type(config).__qualname__}",
@@ -130,6 +199,7 @@ def stage_project(recipe, learner: type, config: LearnerConfig) -> None:
     recipe.add_client_file(str(staging / "code"))
     recipe.add_client_file(str(staging / "config"))
     recipe.add_server_file(str(staging / "code"))
+    return staging
 
 
 def seeded_model(build: Callable, seed: int):
@@ -140,7 +210,7 @@ def seeded_model(build: Callable, seed: int):
     return build()
 
 
-def initial_checkpoint(model, args) -> str:
+def initial_checkpoint(model, args, tag: str = "") -> str:
     """Save ``model``'s weights as the job's initial global model; return the path relative to ROOT.
 
     Without it the server re-creates the model from its constructor arguments with unseeded random weights, so two
@@ -148,7 +218,7 @@ def initial_checkpoint(model, args) -> str:
     """
     import torch
 
-    path = INITIAL_MODELS / f"{args.name}_seed{args.seed}_initial.pt"
+    path = INITIAL_MODELS / f"{args.name}_seed{args.seed}{tag}_initial.pt"
     (ROOT / path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ROOT / path)
     return str(path)
@@ -173,24 +243,43 @@ def build_job_recipe(args, build_model: Callable, learner: type, config: Learner
     from src.aggregators.fedavg import FedAvgAggregator
 
     model = seeded_model(build_model, args.seed)
+    start_round, num_rounds = 0, args.num_rounds
+    if getattr(args, "resume", None):
+        point = resume_point(args.resume)
+        start_round, num_rounds = point["rounds_done"], args.num_rounds - point["rounds_done"]
+        if num_rounds < 1:
+            raise SystemExit(f"--resume {args.resume}: {start_round} rounds are done already, --num-rounds "
+                             f"{args.num_rounds} leaves none to run")
+        import torch
+
+        saved = torch.load(point["global_model"], map_location="cpu", weights_only=False)
+        model.load_state_dict(saved.get("model", saved))
     recipe_class = recipe_class or ControllerRecipe
     if controller_class is not None:
         recipe_kwargs["controller_class"] = controller_class
     if controller_args:
         recipe_kwargs["controller_args"] = controller_args
+    recipe_kwargs["site_policy"] = {"min_clients": args.min_clients, "round_timeout": args.round_timeout,
+                                    "watch_sim_workers": args.env == "sim"}
+    if start_round:
+        recipe_kwargs["site_policy"]["start_round"] = start_round
+    aggregator = aggregator or FedAvgAggregator()
+    if isinstance(aggregator, FedAvgAggregator) and args.min_clients:
+        aggregator.min_updates = max(aggregator.min_updates, args.min_clients)
     with at_repo_root():
         recipe = recipe_class(
             name=args.name,
             model=model,
-            initial_ckpt=initial_checkpoint(model, args),
+            initial_ckpt=initial_checkpoint(model, args, f"_resumed_r{start_round}" if start_round else ""),
             min_clients=len(sites_of(args)),
-            num_rounds=args.num_rounds,
+            num_rounds=num_rounds,
             train_script=CLIENT_SCRIPT,
             key_metric=learner.key_metric,
-            aggregator=aggregator or FedAvgAggregator(),
+            aggregator=aggregator,
             **recipe_kwargs,
         )
-        stage_project(recipe, learner, config)
+        recipe.fl_staging = stage_project(recipe, learner, config, staging_root(args))
+        recipe.fl_key_metric = learner.key_metric
         add_standard_components(recipe, args)
         personal = learner.key_groups_of(model, config).personal
         exclude_personal_keys(recipe, [k for k in model.state_dict() if k in personal])
@@ -213,7 +302,11 @@ def add_standard_components(recipe, args) -> None:
     for kind in TRACKING_CHOICES[args.tracking]:
         add_experiment_tracking(recipe, kind, tracking_config(args) if kind == "mlflow" else None)
     if not args.no_cross_site_eval:
-        add_cross_site_evaluation(recipe)
+        if args.round_timeout:  # a dead site must not hold cross-site evaluation for NVFlare's 600 s / 6000 s
+            add_cross_site_evaluation(recipe, submit_model_timeout=args.round_timeout,
+                                      validation_timeout=args.round_timeout)
+        else:
+            add_cross_site_evaluation(recipe)
     # the 2 s default between task requests dominates short rounds on a laptop
     recipe.add_server_config({"server": {"task_request_interval": 0.1}})
     add_privacy_filter(recipe, args)
@@ -221,32 +314,185 @@ def add_standard_components(recipe, args) -> None:
 
 def execute(recipe, args) -> Path | None:
     """Export, simulate or submit ``recipe`` as ``--env`` says; return the result folder (None for export)."""
-    with at_repo_root():
-        return _execute(recipe, args)
+    try:
+        with at_repo_root():
+            return _execute(recipe, args)
+    finally:
+        staging = getattr(recipe, "fl_staging", None)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def protected_folders() -> list[Path]:
+    """Folders an export may never replace: the checkout, the working directory, the home folder, ``/``."""
+    return [p.resolve() for p in (ROOT, Path.cwd(), Path.home(), Path("/"))]
+
+
+def check_replaceable(out: Path, marker: str, what: str, hint: str) -> None:
+    """Refuse (SystemExit with the reason) to replace ``out`` unless it is absent, empty or holds ``marker``."""
+    out = out.resolve()
+    for p in protected_folders():
+        if out == p or out in p.parents:
+            raise SystemExit(f"refusing to use {out} as {what}: it is (or contains) {p}; {hint}")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise SystemExit(f"refusing to replace {out} ({what}): it is not a folder; {hint}")
+    if any(out.iterdir()) and not (out / marker).is_file():
+        raise SystemExit(f"refusing to replace {out} ({what}): it is not empty and was not written by this tool "
+                         f"(no {marker} in it); {hint}")
+
+
+def export_job(recipe, args) -> Path:
+    out = Path(args.export_dir or ROOT / "results" / f"{args.name}_job").resolve()
+    check_replaceable(out, EXPORT_MARKER, "--export-dir", "choose a new or empty folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))  # NVFlare writes <dir>/<name>: a fresh dir
+    try:
+        recipe.export(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)  # empty, or an earlier export (marker checked above)
+        (tmp / recipe.name).rename(out)
+        (out / EXPORT_MARKER).write_text(json.dumps({"job": recipe.name, "written_by": "jobs/common.py export"}))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resume_point(folder: str | Path) -> dict:
+    """What a ``--resume`` run continues from: completed rounds, the last global model, the sites' state."""
+    from src.reporting.summary import find_server_dir
+
+    folder = Path(folder).resolve()
+    if not (folder / RUN_MARKER).is_file():
+        raise SystemExit(f"--resume {folder}: not a run folder (no {RUN_MARKER})")
+    try:
+        server = find_server_dir(folder)
+    except FileNotFoundError as e:
+        raise SystemExit(f"--resume {folder}: {e}") from None
+    rounds = server / "metrics" / "round_metrics.jsonl"
+    done = len(rounds.read_text().splitlines()) if rounds.is_file() else 0
+    model = server / "app_server" / "FL_global_model.pt"
+    if done == 0 or not model.is_file():
+        raise SystemExit(f"--resume {folder}: no completed round to resume from")
+    return {"folder": folder, "server_dir": server, "rounds_done": done, "global_model": model,
+            "site_state": folder / "site_state"}
+
+
+def run_folder(args) -> Path:
+    """This run's own folder ``<workspace>/<name>/runs/<run id>``; an existing one only with ``--overwrite``."""
+    runs = Path(args.workspace).resolve() / args.name / "runs"
+    run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    folder = runs / run_id
+    if args.run_id is None:
+        n = 1
+        while folder.exists():
+            n += 1
+            folder = runs / f"{run_id}-{n}"
+    elif folder.exists():
+        if not args.overwrite:
+            raise SystemExit(f"run folder {folder} exists (a previous run {run_id!r}); pass --overwrite to replace "
+                             f"it or choose another --run-id")
+        check_replaceable(folder, RUN_MARKER, "the run folder", "choose another --run-id")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_run_status(folder, args, "running")
+    latest = runs.parent / "latest"
+    if latest.is_symlink() or not latest.exists():
+        tmp_link = runs.parent / f".latest-{os.getpid()}"
+        if tmp_link.is_symlink():
+            tmp_link.unlink()
+        tmp_link.symlink_to(Path("runs") / folder.name)
+        tmp_link.replace(latest)  # atomic: never a moment without the link
+    return folder
+
+
+def write_run_status(folder: Path, args, status: str, **extra) -> None:
+    path = folder / RUN_MARKER
+    info = json.loads(path.read_text()) if path.is_file() else {"options": vars(args), "started": time.time()}
+    info.update(status=status, updated=time.time(), **extra)
+    path.write_text(json.dumps(info, indent=2, default=str))
+
+
+class JobStopped(BaseException):
+    """SIGINT/SIGTERM reached the job script (a BaseException so no ``except Exception`` swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Turn SIGINT/SIGTERM into :class:`JobStopped` in this process (children forked meanwhile keep defaults)."""
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked simulator process: die as the signal would make it
+            os._exit(128 + signum)
+        raise JobStopped(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def stop_descendants(grace: float = STOP_GRACE_S, keep: frozenset[int] = frozenset()) -> list[int]:
+    """SIGTERM every descendant of this process but ``keep`` (those that ran before the job), SIGKILL those alive
+    after ``grace`` s; return their pids.
+
+    The simulator starts its site workers with ``setsid``: they are not in our process group, but they are our
+    descendants, so they are found here.
+    """
+    import psutil
+
+    procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in keep]
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in procs]
+
+
+def stop_reason(folder: Path) -> str | None:
+    """The server's own words on why it stopped the run (see ``STOP_MARKER``), from its log."""
+    from src.aggregators.controller import STOP_MARKER
+
+    for log in sorted(folder.rglob("log.txt")):
+        for line in log.read_text(errors="replace").splitlines():
+            if STOP_MARKER in line:
+                return line.split(STOP_MARKER, 1)[1].strip()
+    return None
+
+
+def summarise_partial(folder: Path, key_metric: str | None) -> None:
+    """The summary of the rounds completed so far (a stopped or failed run); never raises."""
+    if key_metric is None:
+        return
+    try:
+        from src.reporting.summary import report
+
+        report(folder, key_metric=key_metric, quiet=True, publish=False)
+        print(f"summary of the completed rounds written under {folder}", file=sys.stderr)
+    except Exception as e:
+        print(f"no summary written ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def _execute(recipe, args) -> Path | None:
     if args.env == "export":
-        out = Path(args.export_dir or ROOT / "results" / f"{args.name}_job").resolve()
-        if out.exists():
-            shutil.rmtree(out)
-        recipe.export(str(out.parent))
-        exported = out.parent / recipe.name
-        if exported != out:
-            shutil.move(str(exported), str(out))
+        out = export_job(recipe, args)
         print(f"job exported to {out}\nrun it with: nvflare simulator {out} -n {len(sites_of(args))} "
               f"-t {len(sites_of(args))} -w {ROOT / 'workspace' / args.name}")
         return None
     if args.env == "sim":
-        from nvflare.recipe import SimEnv
-
-        sites = sites_of(args)
-        env = SimEnv(clients=sites, num_clients=len(sites), workspace_root=str(Path(args.workspace).resolve()),
-                     log_config=sim_log_config(args))
-        os.environ.setdefault("PYTHONUNBUFFERED", "1")
-        run = recipe.execute(env)
-        with contextlib.redirect_stdout(io.StringIO()):  # SimEnv prints a note that get_status returns None
-            return Path(run.get_result())
+        return _simulate(recipe, args)
     if args.env == "prod":
         from jobs.prod import submit_to_prod
 
@@ -254,3 +500,59 @@ def _execute(recipe, args) -> Path | None:
     from jobs.poc import submit_to_poc
 
     return submit_to_poc(recipe, args)
+
+
+def _simulate(recipe, args) -> Path:
+    from nvflare.recipe import SimEnv
+
+    from src.learners.client_api import SITE_STATE_ENV
+
+    sites = sites_of(args)
+    folder = run_folder(args)
+    point = resume_point(args.resume) if getattr(args, "resume", None) else None
+    if point is not None and point["site_state"].is_dir():
+        shutil.copytree(point["site_state"], folder / "site_state")
+        write_run_status(folder, args, "running", resumed_from=str(point["folder"]), start_round=point["rounds_done"])
+    os.environ[SITE_STATE_ENV] = str(folder / "site_state")
+    env = SimEnv(clients=sites, num_clients=len(sites), workspace_root=str(folder), log_config=sim_log_config(args))
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    key_metric = getattr(recipe, "fl_key_metric", None)
+    import psutil
+
+    before = frozenset(p.pid for p in psutil.Process().children(recursive=True))
+    try:
+        with stop_on_signals():
+            try:
+                run = recipe.execute(env)
+                with contextlib.redirect_stdout(io.StringIO()):  # SimEnv prints a note that get_status returns None
+                    result = Path(run.get_result())
+            finally:
+                stop_descendants(keep=before)
+    except JobStopped as e:
+        write_run_status(folder, args, "stopped", reason=str(e))
+        summarise_partial(folder, key_metric)
+        raise SystemExit(f"{args.name}: {e}; the processes it started are stopped; run folder {folder}") from None
+    except RuntimeError as e:
+        reason = stop_reason(folder)
+        write_run_status(folder, args, "failed", reason=reason or str(e))
+        summarise_partial(folder, key_metric)
+        raise RuntimeError(f"{e}" + (f"\nserver: {reason}" if reason else "")) from None
+    finally:
+        os.environ.pop(SITE_STATE_ENV, None)
+    if point is not None:
+        continue_curves(point["server_dir"], result)
+    write_run_status(folder, args, "completed", result=str(result))
+    return result
+
+
+def continue_curves(previous_server: Path, result: Path) -> None:
+    """Put the resumed-from run's TensorBoard events beside this run's, so each curve runs on over all rounds."""
+    from src.reporting.summary import find_server_dir
+
+    old, new = previous_server / "tb_events", find_server_dir(result) / "tb_events"
+    if not (old.is_dir() and new.is_dir()):
+        return
+    for event in old.rglob("events.out.tfevents.*"):
+        target = new / event.parent.relative_to(old)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(event, target / f"{event.name}.resumed-from")

@@ -23,6 +23,7 @@ from typing import Any
 __all__ = [
     "NUM_STEPS_KEY",
     "TRAIN_SAMPLES_KEY",
+    "ROUND_ERROR_KEY",
     "PHASE_KEY",
     "SITE_KEY",
     "EXPORT_PHASE",
@@ -41,6 +42,8 @@ __all__ = [
 NUM_STEPS_KEY = "NUM_STEPS_CURRENT_ROUND"
 #: meta key of a training result: training samples this round saw once (the FedAvg weight n_k)
 TRAIN_SAMPLES_KEY = "NUM_TRAIN_SAMPLES"
+#: meta key of a training result: why the site sends no usable update this round (e.g. a non-finite loss)
+ROUND_ERROR_KEY = "ROUND_ERROR"
 #: meta key of a server request that is not a training round (a controller's extra phase, e.g. IOP-FL's export)
 PHASE_KEY = "TASK_PHASE"
 #: meta key naming the site that sent a reply

@@ -8,7 +8,12 @@ update would otherwise turn the whole global model into NaN, silently.
 :class:`FedAvgAggregator` is an NVFlare ``ModelAggregator``: it drops a bad update for the round with a logged
 reason naming the site and the key, drops updates whose key set differs from the round's majority (every site of a
 round must send the same keys; FedBN's sites all leave the same norms out), and aggregates the rest while at least
-``min_updates`` are usable. Weights come from one meta key: ``NUM_STEPS_CURRENT_ROUND`` (NVFlare's stock FedAvg,
+``min_updates`` are usable. A claimed weight far above the site's declared data size is dropped too: the declared
+size is the operator's ``declared_weights[site]`` when given, else the site's own first accepted weight (a site's
+data does not change during a job); a weight above ``max_weight_ratio`` times it is refused, and so is a first
+claim above ``max_weight_ratio ** 2`` times the smallest other claim of that round (a site claiming 1e12 samples
+would otherwise take over the average from round 0). Weights come from one meta key:
+``NUM_STEPS_CURRENT_ROUND`` (NVFlare's stock FedAvg,
 the tutorial jobs) or :data:`TRAIN_SAMPLES_KEY` (IOP-FL's reference weights n_k / sum n, which batch rounding makes
 only roughly proportional to steps).
 """
@@ -21,7 +26,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from src.protocol import NUM_STEPS_KEY, TRAIN_SAMPLES_KEY
+from src.protocol import NUM_STEPS_KEY, ROUND_ERROR_KEY, TRAIN_SAMPLES_KEY
 
 __all__ = ["weighted_average", "check_update", "FedAvgAggregator", "WeightedFedAvgAggregator"]
 
@@ -67,6 +72,8 @@ def check_update(params: Mapping | None, meta: Mapping | None, weight_key: str,
         weight_key: the meta key of the weight.
         reference: ``{key: shape}`` of the global model the site was sent; None skips the key and shape checks.
     """
+    if (meta or {}).get(ROUND_ERROR_KEY):
+        return f"the site abandoned its round: {meta[ROUND_ERROR_KEY]}"
     weight = (meta or {}).get(weight_key)
     if not _is_positive_finite(weight):
         return f"meta[{weight_key!r}] = {weight!r} is not a positive finite number"
@@ -103,11 +110,18 @@ class FedAvgAggregator(_model_aggregator_base()):
         min_updates: fewest usable updates a round needs; fewer fails the round with the reasons.
     """
 
-    def __init__(self, weight_key: str = NUM_STEPS_KEY, min_updates: int = 1):
+    def __init__(self, weight_key: str = NUM_STEPS_KEY, min_updates: int = 1, max_weight_ratio: float = 10.0,
+                 declared_weights: Mapping[str, float] | None = None):
         super().__init__()
         if min_updates < 1:
             raise ValueError(f"min_updates must be >= 1, got {min_updates!r}")
-        self.weight_key, self.min_updates = weight_key, min_updates
+        if not (_is_positive_finite(max_weight_ratio) and max_weight_ratio >= 1):
+            raise ValueError(f"max_weight_ratio must be a finite number >= 1, got {max_weight_ratio!r}")
+        for site, w in (declared_weights or {}).items():
+            if not _is_positive_finite(w):
+                raise ValueError(f"declared_weights[{site!r}] = {w!r} is not a positive finite number")
+        self.weight_key, self.min_updates, self.max_weight_ratio = weight_key, min_updates, float(max_weight_ratio)
+        self.declared: dict[str, float] = {k: float(v) for k, v in (declared_weights or {}).items()}
         self._reference: dict[str, tuple[int, ...]] | None = None
         self.reset_stats()
 
@@ -123,11 +137,32 @@ class FedAvgAggregator(_model_aggregator_base()):
             return
         self._updates.append((site, model.params, float(model.meta[self.weight_key]), model.metrics or {}))
 
+    def _weight_checked(self, updates):
+        """Drop claimed weights far above the site's declared size (see the module docstring)."""
+        kept = []
+        for update in updates:
+            site, weight = update[0], update[2]
+            others = [w for s, _, w, _ in updates if s != site]
+            reason = None
+            if site in self.declared and weight > self.max_weight_ratio * self.declared[site]:
+                reason = (f"claimed weight {weight:g} is more than {self.max_weight_ratio:g} x its declared size "
+                          f"{self.declared[site]:g}")
+            elif site not in self.declared and others and weight > self.max_weight_ratio ** 2 * min(others):
+                reason = (f"claimed weight {weight:g} is more than {self.max_weight_ratio ** 2:g} x the smallest "
+                          f"other site's ({min(others):g}) and the site has no declared size yet")
+            if reason:
+                self._drop(site, reason)
+            else:
+                kept.append(update)
+        for site, _, weight, _ in kept:
+            self.declared.setdefault(site, weight)
+        return kept
+
     def aggregate_model(self):
         from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
         from nvflare.app_common.app_constant import AppConstants
 
-        updates = self._majority_key_set()
+        updates = self._weight_checked(self._majority_key_set())
         if not updates:
             raise RuntimeError(f"no site results to aggregate this round{self._dropped_text()}")
         if len(updates) < self.min_updates:
@@ -203,5 +238,7 @@ def _is_number(v) -> bool:
 class WeightedFedAvgAggregator(FedAvgAggregator):
     """:class:`FedAvgAggregator` weighted by each site's training samples (IOP-FL's server rule)."""
 
-    def __init__(self, weight_key: str = TRAIN_SAMPLES_KEY, min_updates: int = 1):
-        super().__init__(weight_key=weight_key, min_updates=min_updates)
+    def __init__(self, weight_key: str = TRAIN_SAMPLES_KEY, min_updates: int = 1, max_weight_ratio: float = 10.0,
+                 declared_weights: Mapping[str, float] | None = None):
+        super().__init__(weight_key=weight_key, min_updates=min_updates, max_weight_ratio=max_weight_ratio,
+                         declared_weights=declared_weights)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import os
 import random
 import time
@@ -300,15 +301,22 @@ class FederatedLearner(ABC):
                 stack[:0] = list(t.transforms)
             elif isinstance(t, Randomizable):
                 found.append(t)
+                # dict transforms draw from an inner array transform with its own generator (RandZoomd.rand_zoom,
+                # RandRotated.rand_rotate, ...): without it a restored site would not resume the same draws
+                found.extend(v for _, v in sorted(vars(t).items()) if isinstance(v, Randomizable) and v is not t)
         return found
 
     # ---- engines ---------------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         """A split's loader; evaluation loaders draw from a private generator, so scoring a model never moves the
-        global RNG that training shuffles with (a validation more or less would otherwise change training)."""
-        ds = CacheDataset(
-            self.datalist[split], self.transforms(split), cache_rate=self.config.cache_rate, progress=False
-        )
+        global RNG that training shuffles with (a validation more or less would otherwise change training).
+
+        Each item carries its source file (:data:`SOURCE_KEY`, a plain string the dict transforms leave alone), so
+        a non-finite training loss names the files of its batch even when the transforms drop the image metadata.
+        """
+        items = [{SOURCE_KEY: _source_of(item), **item} if isinstance(item, Mapping) else item
+                 for item in self.datalist[split]]
+        ds = CacheDataset(items, self.transforms(split), cache_rate=self.config.cache_rate, progress=False)
         return DataLoader(
             ds,
             batch_size=self.config.batch_size if split == "training" else 1,
@@ -343,7 +351,12 @@ class FederatedLearner(ABC):
         self._loss_sum, self._loss_count = 0.0, 0
 
     def _accumulate_loss(self, engine) -> None:
-        self._loss_sum += engine.state.output["loss"].item()
+        loss = engine.state.output["loss"].item()
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"{self.site}: round {self.round}: training loss is {loss} at epoch {engine.state.epoch}, iteration "
+                f"{engine.state.iteration} (batch files: {_batch_files(engine.state.batch) or 'unknown'})")
+        self._loss_sum += loss
         self._loss_count += 1
 
     def _evaluator(self, split: str) -> SupervisedEvaluator:
@@ -386,8 +399,18 @@ class FederatedLearner(ABC):
         self.round = self.round + 1 if round_number is None else round_number
         self.begin_round(params or {}, extras or {})
         start = time.perf_counter()
+        before = copy.deepcopy((self.model.state_dict(), self.optimizer.state_dict()))
+        before_epoch = (self.trainer.state.epoch, self.trainer.state.iteration)
         self.trainer.state.max_epochs = self.trainer.state.epoch + self.config.local_epochs
-        self.trainer.run()
+        try:
+            self.trainer.run()
+        except NonFiniteLossError:
+            # the step already applied NaN gradients: back to the round's start, a fresh trainer, nothing sent
+            self.model.load_state_dict(before[0])
+            self.optimizer.load_state_dict(before[1])
+            self.trainer = self._build_trainer()
+            self.trainer.state.epoch, self.trainer.state.iteration = before_epoch
+            raise
         return self.end_round({
             "train_loss": self._loss_sum / max(self._loss_count, 1),
             "train_seconds": time.perf_counter() - start,
@@ -444,6 +467,36 @@ class FederatedLearner(ABC):
         path = self.checkpoint_path("best")
         state = torch.load(path, weights_only=True) if path.exists() else self.model.state_dict()
         return {k: state[k].cpu() for k in self.shared_keys()}
+
+
+class NonFiniteLossError(RuntimeError):
+    """A site's own training produced a NaN/Inf loss; the round is abandoned (the model is back at its start)."""
+
+
+#: batch key holding each item's source file (see ``_loader``)
+SOURCE_KEY = "source_file"
+
+
+def _source_of(item: Mapping) -> str:
+    value = item.get("image", next(iter(item.values()), ""))
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _batch_files(batch) -> list[str]:
+    """The source files of a MONAI batch (:data:`SOURCE_KEY`, else ``MetaTensor.meta['filename_or_obj']``)."""
+    files = []
+    if isinstance(batch, Mapping) and batch.get(SOURCE_KEY) is not None:
+        names = batch[SOURCE_KEY]
+        return [str(n) for n in ([names] if isinstance(names, str) else names)]
+    values = batch.values() if isinstance(batch, Mapping) else (batch if isinstance(batch, (list, tuple)) else [])
+    for value in values:
+        names = getattr(value, "meta", {}).get("filename_or_obj") if hasattr(value, "meta") else None
+        if isinstance(names, str):
+            names = [names]
+        for name in names or []:
+            if str(name) not in files:
+                files.append(str(name))
+    return files
 
 
 def _saveable_numpy_state(state: tuple) -> list:

@@ -12,11 +12,12 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
 
-from src.protocol import NUM_STEPS_KEY, PHASE_KEY, SITE_KEY, unpack_payload
+from src.protocol import NUM_STEPS_KEY, PHASE_KEY, ROUND_ERROR_KEY, SITE_KEY, unpack_payload
 from src.reporting.console import progress, site_line
 
 STAGED_CONFIG = "learner_config.json"
@@ -54,14 +55,27 @@ class MetricLogger:
                 self.writer.add_scalar(key, value, step)
 
 
+#: environment variable naming the folder of every site's models and persistent state (``<dir>/<site>``); the
+#: simulator jobs set it to ``<run folder>/site_state`` so a ``--resume`` run finds the state outside the simulator
+#: workspace (which NVFlare's simulator empties when a run starts)
+SITE_STATE_ENV = "FL_SITE_STATE_DIR"
+
+
+def site_state_dir(site: str) -> Path:
+    root = os.environ.get(SITE_STATE_ENV)
+    return Path(root) / site if root else Path.cwd() / "models"
+
+
 def run(staged: dict) -> None:
     import nvflare.client as flare
     from nvflare.app_common.abstract.fl_model import FLModel
 
+    from src.learners.base import NonFiniteLossError
+
     flare.init()
     site = flare.get_site_name()
     try:
-        learner = build_learner(site, staged, Path.cwd() / "models")
+        learner = build_learner(site, staged, site_state_dir(site))
     except Exception:
         # fail the job with the reason instead of leaving the server waiting for this site
         log.error(f"{site}: cannot start the learner:\n{traceback.format_exc()}")
@@ -88,7 +102,13 @@ def run(staged: dict) -> None:
             continue
         round_number = received.current_round or 0
         started = time.monotonic()
-        result = learner.fit_round(params, round_number, extras)
+        try:
+            result = learner.fit_round(params, round_number, extras)
+        except NonFiniteLossError as e:  # nothing trained is sent; the server drops this site for the round
+            log.error(str(e))
+            flare.send(FLModel(params=learner.shared_state(), meta={NUM_STEPS_KEY: 0, ROUND_ERROR_KEY: str(e)}))
+            continue
+        inject_fault(learner, site, result)
         metrics_log.log(result.metrics, round_number)
         log.info(f"{site} round {round_number}: {_fmt(result.received_metrics)} (global) {_fmt(result.metrics)}")
         progress(site_line(round_number, received.total_rounds, site, result.metrics, result.received_metrics,
@@ -98,6 +118,23 @@ def run(staged: dict) -> None:
         meta = {NUM_STEPS_KEY: result.num_steps, **result.meta}
         sent = {**result.metrics, **result.received_metrics}
         flare.send(FLModel(params=result.params, metrics=sent, meta=meta))
+
+
+#: ``config.extra`` key of the reliability tests' fault injection: ``{"site": ..., "kind": "nan_weights" |
+#: "huge_weight"}`` makes that site send a poisoned update (the server must drop it). Never set by a job script.
+FAULT_KEY = "fault_injection"
+
+
+def inject_fault(learner, site: str, result) -> None:
+    fault = (learner.config.extra or {}).get(FAULT_KEY) or {}
+    if fault.get("site") != site:
+        return
+    if fault.get("kind") == "nan_weights":
+        key = next(k for k, v in result.params.items() if v.is_floating_point())
+        result.params[key] = result.params[key].clone().fill_(float("nan"))
+    elif fault.get("kind") == "huge_weight":
+        result.num_steps = 10**12
+    log.warning(f"{site}: fault injection {fault.get('kind')!r} applied to this round's update")
 
 
 def _fmt(metrics: dict[str, float]) -> str:
