@@ -39,6 +39,13 @@ def quiet_mlflow() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
+def uses_project_store(args) -> bool:
+    """Simulator runs log to the project's MLflow store; a POC, a production deployment or an exported job keep
+    NVFlare's per-job store on the server (downloaded with the result), unless ``--tracking-uri`` names one: a
+    path on this machine means nothing on a deployment's server."""
+    return args.env == "sim" or bool(getattr(args, "tracking_uri", None))
+
+
 def tracking_uri_of(args) -> str:
     if getattr(args, "tracking_uri", None):
         return args.tracking_uri
@@ -74,7 +81,7 @@ def tracking_config(args) -> dict:
             "run_tags": {"job": args.name, "launch": args.launch},
         },
     }
-    if args.env != "export" or getattr(args, "tracking_uri", None):  # an exported job keeps its store in its folder
+    if uses_project_store(args):
         config["tracking_uri"] = tracking_uri_of(args)
         ensure_experiment(config["tracking_uri"], args.name)
     return config
@@ -135,8 +142,9 @@ def finish(result, args, key_metric: str, **settings) -> dict | None:
 
     if not getattr(args, "verbose", False):
         quiet_mlflow()
+    project_store = "mlflow" in _tracking(args) and uses_project_store(args)
     return report(result, key_metric=key_metric, settings=run_settings(args, **settings),
-                  tracking_uri=tracking_uri_of(args) if "mlflow" in _tracking(args) else None,
+                  tracking_uri=tracking_uri_of(args) if project_store else None,
                   launch=getattr(args, "launch", None))
 
 
