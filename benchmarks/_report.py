@@ -6,12 +6,10 @@ Timing interleaves the compared functions (A, B, A, B, ...) after a warm-up, so 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -67,17 +65,9 @@ def write_report(
 ) -> Path:
     """Write ``result`` as JSON to ``out`` (atomically, folders created), the table to ``markdown`` if given, then
     print the table and where the JSON went; return ``out``."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from data_prep.common import atomic_write_json
+
+    out = atomic_write_json(out, result)
     if markdown is not None:
         Path(markdown).write_text(table + "\n")
     print(table)
