@@ -14,16 +14,17 @@ personalised and local models per site at their best validation Dice; the centra
 validation Dice. Each site's test images are scored one by one (MONAI Dice and HD95 in pixels; ODOC cup and disc
 separately; an empty prediction of a present structure counts the image diagonal as HD95).
 
-Outputs in ``--out``: ``fedicra_compare_<task>.csv`` (``algorithm,site,method,seed,metric,value``: the mean over a
-site's test images), ``.json`` (settings, per-image scores, summaries, timing), ``.md`` (mean +/- std and n over
-seeds) and ``.png``. The data are synthetic (``data_prep.synthetic.fedicra``): they exercise the pipeline and
-site heterogeneity, they say nothing about real OCTA or fundus accuracy.
+Outputs in ``--out`` (the shape of :mod:`benchmarks.stats`, read by ``python -m benchmarks.report``):
+``fedicra_compare_<task>.csv`` (one row per setting = task, site, method, seed, metric: the mean over the site's
+``n`` test images), ``_volumes.csv`` (every test image's score: the paired comparisons), ``_meta.json`` (settings,
+timing, the expected orderings: :func:`claims`), ``.md`` (mean +/- std and n, each ordering's paired bootstrap
+verdict: yes / no / within noise) and ``.png``. The data are synthetic (``data_prep.synthetic.fedicra``): they
+exercise the pipeline and site heterogeneity, they say nothing about real OCTA or fundus accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -36,6 +37,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.stats import Claim, write_comparison  # noqa: E402
 from src.aggregators.fedavg import weighted_average  # noqa: E402
 from src.config.fedicra import FedICRAConfig  # noqa: E402
 
@@ -140,81 +142,39 @@ def run_centralised(sites, base, seed, rounds, work: Path) -> dict[str, list]:
     return scores
 
 
-def summarise(rows: list[dict]) -> dict:
-    """mean, std (ddof 1, 0 for n = 1) and n over seeds per (site, method, metric)."""
-    groups: dict[tuple, list[float]] = {}
-    for r in rows:
-        groups.setdefault((r["site"], r["method"], r["metric"]), []).append(r["value"])
-    out = {}
-    for (site, method, metric), values in groups.items():
-        v = np.asarray(values, dtype=float)
-        out.setdefault(method, {}).setdefault(site, {})[metric] = {
-            "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
+def claims(task: str) -> list[Claim]:
+    """The orderings checked per structure: the paper's (FedICRA beats the personalised-FL baselines and FedAvg /
+    FedProx, and approaches centralised full-mask training: the digest, section 7) and one sanity check (a site
+    alone on its sparse labels is the lower bound)."""
+    out = []
+    for st in STRUCTURES[task]:
+        dice, hd = f"dice_{st}", f"hd95_{st}"
+        out += [Claim(task, "fedicra", base, dice, source="paper",
+                      note="FedICRA beats FedAvg, FedProx and the personalised baselines (paper, section 7)"
+                      if base == "fedavg" and st == STRUCTURES[task][0] else "") for base in BASELINES]
+        out += [Claim(task, "fedicra", "fedavg", hd, higher_is_better=False, source="paper"),
+                Claim(task, "fedicra", "local", dice, source="sanity",
+                      note="one site on its own sparse labels is the lower bound" if st == STRUCTURES[task][0]
+                      else ""),
+                Claim(task, "centralised", "fedicra", dice, source="paper",
+                      note="dense masks, pooled: the upper bound FedICRA approaches" if st == STRUCTURES[task][0]
+                      else "")]
     return out
 
 
-def ordering_verdict(rows: list[dict], task: str) -> str:
-    """Does FedICRA beat FedAvg and every pFL baseline (mean Dice over sites and structures, paired by seed)?"""
-    per_seed: dict[str, dict[int, list[float]]] = {}
-    for r in rows:
-        if r["metric"].startswith("dice_"):
-            per_seed.setdefault(r["method"], {}).setdefault(r["seed"], []).append(r["value"])
-    means = {m: {s: float(np.mean(v)) for s, v in seeds.items()} for m, seeds in per_seed.items()}
-    verdicts = []
-    for base in BASELINES:
-        diffs = np.array([means["fedicra"][s] - means[base][s] for s in means["fedicra"] if s in means[base]])
-        mean, sd = float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else float("inf")
-        if len(diffs) > 1 and mean - 2 * sd / np.sqrt(len(diffs)) > 0 and (diffs > 0).all():
-            verdicts.append((base, "held", mean))
-        elif len(diffs) > 1 and mean + 2 * sd / np.sqrt(len(diffs)) < 0 and (diffs < 0).all():
-            verdicts.append((base, "did not hold", mean))
-        else:
-            verdicts.append((base, "within noise", mean))
-    parts = [f"vs {b}: {v} (mean Dice difference {d:+.3f})" for b, v, d in verdicts]
-    gap = np.mean(list(means["centralised"].values())) - np.mean(list(means["fedicra"].values()))
-    return ("Paper's ordering (FedICRA > FedAvg and the pFL baselines, mean Dice over sites; 'held' = every seed "
-            "agrees and the mean difference exceeds 2 standard errors): " + "; ".join(parts)
-            + f". Centralised full-mask upper bound minus FedICRA: {gap:+.3f} Dice.")
+def volume_rows(task: str, method: str, seed: int, scores: dict[str, list]) -> list[dict]:
+    """Rows of :data:`benchmarks.stats.VOLUME_COLUMNS`: one per (site, test image, metric)."""
+    return [{"algorithm": "fedicra", "setting": task, "site": site, "method": method, "seed": seed, "metric": k,
+             "case": str(im["case_id"]), "value": float(v)}
+            for site, images in scores.items() for im in images for k, v in im.items() if k != "case_id"]
 
 
-def markdown(summary: dict, sites: list[str], task: str, meta: dict, verdict: str) -> str:
-    metrics = [f"{k}_{s}" for s in STRUCTURES[task] for k in ("dice", "hd95")]
-    lines = [f"# FedICRA comparison, {task.upper()} (synthetic data)", "", meta["note"], "", verdict, ""]
-    for metric in metrics:
-        lines += [f"## {metric} (test; mean +/- std over seeds, n seeds)", "",
-                  "| method | " + " | ".join(sites) + " | mean over sites |", "|---" * (len(sites) + 2) + "|"]
-        for method in METHODS:
-            if method not in summary:
-                continue
-            cells = [summary[method][s][metric] for s in sites]
-            text = [f"{c['mean']:.3f} +/- {c['std']:.3f} ({c['n']})" for c in cells]
-            lines.append(f"| {method} | " + " | ".join(text) + f" | {np.mean([c['mean'] for c in cells]):.3f} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def plot(summary: dict, sites: list[str], task: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    structures = STRUCTURES[task]
-    fig, axes = plt.subplots(1, len(structures), figsize=(7 * len(structures), 4.5), squeeze=False)
-    methods = [m for m in METHODS if m in summary]
-    width = 0.8 / len(methods)
-    for ax, structure in zip(axes[0], structures):
-        for i, method in enumerate(methods):
-            cells = [summary[method][s][f"dice_{structure}"] for s in sites]
-            ax.bar(np.arange(len(sites)) + i * width, [c["mean"] for c in cells], width,
-                   yerr=[c["std"] for c in cells], label=method, capsize=2)
-        ax.set_xticks(np.arange(len(sites)) + 0.4 - width / 2, sites)
-        ax.set_ylabel(f"Dice {structure} (test)")
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=7, ncol=4)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def run_label(quick: bool, settings: dict, seeds: list[int]) -> str:
+    if quick:
+        return "quick smoke run on synthetic data"
+    if settings == DEFAULTS and seeds == [0, 1, 2]:
+        return "default setting on synthetic data"
+    return "reduced run on synthetic data (smaller than the default setting)"
 
 
 def main(argv=None) -> dict:
@@ -246,46 +206,43 @@ def main(argv=None) -> dict:
     from benchmarks.iopfl_compare import Tracker
 
     tracker = Tracker(out)
-    rows, per_image, timing = [], {}, {}
+    rows, timing = [], {}
     start = time.perf_counter()
     for seed in args.seeds:
         for method in args.methods:
             t0 = time.perf_counter()
             scores = run_method(method, sites, base, seed, settings["rounds"], out, tracker)
             timing[f"{method}/seed{seed}"] = round(time.perf_counter() - t0, 1)
-            per_image.setdefault(method, {})[str(seed)] = scores
-            for site, images in scores.items():
-                for metric in [k for k in images[0] if k != "case_id"]:
-                    rows.append({"algorithm": "fedicra", "site": site, "method": method, "seed": seed,
-                                 "metric": metric, "value": float(np.mean([im[metric] for im in images]))})
+            rows += volume_rows(args.task, method, seed, scores)
             print(f"[{method} seed {seed}] {timing[f'{method}/seed{seed}']} s", flush=True)
     seconds = time.perf_counter() - start
-    summary = summarise(rows)
-    verdict = ordering_verdict(rows, args.task) if {"fedicra", "centralised", *BASELINES} <= set(args.methods) \
-        else "Paper's ordering not checked (not every method ran)."
     train_counts = {s: len(json.loads((lists / f"{s}.json").read_text())["training"]) for s in sites}
     test_counts = {s: len(json.loads((lists / f"{s}.json").read_text())["testing"]) for s in sites}
     forms = {s: FedICRAConfig(**base).label_form(s) for s in sites}
-    note = (f"Setting: {settings['n_sites']} sites, {settings['size']}x{settings['size']} images, train/test images "
+    from benchmarks._report import machine
+
+    label = run_label(args.quick, settings, args.seeds)
+    note = (f"{label}: {settings['n_sites']} sites, {settings['size']}x{settings['size']} images, train/test images "
             f"per site {train_counts} / {test_counts}, sparse forms {forms} (paper's table), {settings['rounds']} "
             f"rounds x {settings['iterations']} iterations, batch {settings['batch']}, seeds {args.seeds}. "
             f"Wall time {seconds:.0f} s on a shared, loaded 2-core CPU ({args.threads} torch thread).")
-    from benchmarks._report import machine
+    run = {"num_rounds": settings["rounds"], "seeds": args.seeds, "wall_seconds": round(seconds, 1),
+           "task": args.task, "methods": args.methods, **settings, "sites": sites, "label_forms": forms,
+           "label_forms_source": "the paper's dataset table", "train_images": train_counts,
+           "test_images": test_counts, "threads": args.threads, "timing": timing, "machine": machine(),
+           "command": "python -m benchmarks.fedicra_compare " + " ".join(argv if argv is not None else sys.argv[1:])}
+    meta = {"algorithm": "fedicra", "title": f"FedICRA, {args.task.upper()}: weakly-supervised personalised FL "
+            "(arXiv 2304.05635)", "synthetic": True, "run_label": label, "note": note,
+            "primary_metric": f"dice_{STRUCTURES[args.task][-1]}",
+            "settings": run, "metrics": {f"{k}_{st}": f"{'Dice' if k == 'dice' else 'HD95 (pixels)'} of the {st} per "
+                                         "test image" for st in STRUCTURES[args.task] for k in ("dice", "hd95")}}
+    name = f"fedicra_compare_{args.task}"
+    paths = write_comparison(out, name, rows, meta, claims(args.task))
+    from benchmarks.report import write_comparison_report
 
-    meta = {"machine": machine(), "settings": settings, "seeds": args.seeds, "sites": sites, "label_forms": forms,
-            "train_images": train_counts, "test_images": test_counts, "seconds": round(seconds, 1),
-            "timing": timing, "note": note}
-    stem = out / f"fedicra_compare_{args.task}"
-    with open(f"{stem}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["algorithm", "site", "method", "seed", "metric", "value"])
-        writer.writeheader()
-        writer.writerows(rows)
-    Path(f"{stem}.json").write_text(json.dumps({"meta": meta, "summary": summary, "verdict": verdict,
-                                                "per_image": per_image}, indent=1))
-    Path(f"{stem}.md").write_text(markdown(summary, sites, args.task, meta, verdict))
-    plot(summary, sites, args.task, Path(f"{stem}.png"))
-    print(Path(f"{stem}.md").read_text())
-    return {"meta": meta, "summary": summary, "verdict": verdict, "rows": rows}
+    md = write_comparison_report(paths["scores"], out).read_text()
+    print(md)
+    return {"meta": meta, "rows": rows, "paths": paths, "markdown": md}
 
 
 if __name__ == "__main__":

@@ -45,7 +45,11 @@ class Summary:
 
 @dataclass(frozen=True)
 class Claim:
-    """An expected ordering: ``better`` beats ``worse`` on ``metric`` in ``setting`` (``source``: paper / sanity)."""
+    """An expected ordering: ``better`` beats ``worse`` on ``metric`` in ``setting`` (``source``: paper / sanity).
+
+    ``sites``: the sites (test sets) the claim is about; empty = every site of the setting (the volumes of all of
+    them are the paired units).
+    """
 
     setting: str
     better: str
@@ -54,6 +58,10 @@ class Claim:
     higher_is_better: bool = True
     source: str = "paper"
     note: str = ""
+    sites: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "sites", tuple(self.sites))  # a list when read back from JSON
 
 
 @dataclass(frozen=True)

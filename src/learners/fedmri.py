@@ -240,17 +240,28 @@ class FedMRILearner(FederatedLearner):
             self.model.train(was_training)
         return volumes
 
-    def score(self, split: str) -> dict[str, float]:
-        prefix = "val" if split == "validation" else "test"
-        volumes = self.predict_split(split)
-        per_volume = []
-        for v in volumes.values():
+    def volume_scores(self, split: str) -> dict[str, dict[str, float]]:
+        """Per volume of ``split``: ``{"nmse", "psnr", "ssim", "measured_kspace", "slices"}`` of the current model
+        (the paired units of the comparison; :meth:`score` is their mean)."""
+        out = {}
+        for name, v in self.predict_split(split).items():
             order = np.argsort(v["slice"])
             gt = torch.stack([v["target"][i] for i in order]).clamp_min(0)
             pred = torch.stack([v["pred"][i] for i in order])
-            per_volume.append(volume_metrics(gt, pred))
-        out = {f"{prefix}_{name[4:]}": float(np.mean([m[name] for m in per_volume])) for name in METRIC_NAMES}
-        out[f"{prefix}_measured_kspace"] = float(np.mean([m for v in volumes.values() for m in v["measured"]]))
+            m = volume_metrics(gt, pred)
+            out[name] = {**{k[4:]: float(m[k]) for k in METRIC_NAMES},
+                         "measured_kspace": float(np.mean(v["measured"])), "slices": len(order)}
+        return out
+
+    def score(self, split: str) -> dict[str, float]:
+        prefix = "val" if split == "validation" else "test"
+        per_volume = self.volume_scores(split)
+        out = {f"{prefix}_{name[4:]}": float(np.mean([m[name[4:]] for m in per_volume.values()]))
+               for name in METRIC_NAMES}
+        # fraction of slices with measured k-space (every slice counts once, as the volumes differ in length)
+        n = {k: m.pop("slices") for k, m in per_volume.items()}
+        measured = sum(per_volume[k]["measured_kspace"] * n[k] for k in n)
+        out[f"{prefix}_measured_kspace"] = float(measured / sum(n.values()))
         return out
 
     def best_personalised_state(self) -> dict[str, torch.Tensor]:

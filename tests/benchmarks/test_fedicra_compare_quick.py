@@ -1,44 +1,62 @@
-"""benchmarks/fedicra_compare.py: the CSV/JSON/markdown/plot outputs of a tiny run (``--quick``)."""
+"""benchmarks/fedicra_compare.py: the comparison shape of benchmarks.stats from a tiny run (``--quick``), read by the
+report."""
 
-import csv
 import json
 
 import pytest
 
 from benchmarks import fedicra_compare
+from benchmarks.report import build_report
+from benchmarks.stats import SCORE_COLUMNS, VOLUME_COLUMNS, read_rows
 
 
 def _check(out, task, methods, seeds):
-    stem = out / f"fedicra_compare_{task}"
-    with open(f"{stem}.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert rows and list(rows[0]) == ["algorithm", "site", "method", "seed", "metric", "value"]
+    name = f"fedicra_compare_{task}"
+    with open(out / f"{name}.csv") as f:
+        assert f.readline().strip().split(",") == list(SCORE_COLUMNS)
+    rows = read_rows(out / f"{name}.csv")
     structures = fedicra_compare.STRUCTURES[task]
-    expected = {(s, m, str(seed), f"{k}_{st}") for s in ("site-1", "site-2") for m in methods for seed in seeds
+    expected = {(task, s, m, seed, f"{k}_{st}") for s in ("site-1", "site-2") for m in methods for seed in seeds
                 for st in structures for k in ("dice", "hd95")}
-    assert {(r["site"], r["method"], r["seed"], r["metric"]) for r in rows} == expected
+    assert {(r["setting"], r["site"], r["method"], r["seed"], r["metric"]) for r in rows} == expected
     for r in rows:
-        value = float(r["value"])
-        assert (0.0 <= value <= 1.0) if r["metric"].startswith("dice") else value >= 0.0
-    result = json.loads((stem.with_suffix(".json")).read_text())
-    assert result["meta"]["train_images"] and result["meta"]["seconds"] > 0
-    per_image = result["per_image"][methods[0]][str(seeds[0])]["site-1"]
-    assert len(per_image) == result["meta"]["test_images"]["site-1"], "one score per test image"
-    assert (stem.with_suffix(".png")).stat().st_size > 0
-    return result, (stem.with_suffix(".md")).read_text()
+        assert (0.0 <= r["value"] <= 1.0) if r["metric"].startswith("dice") else r["value"] >= 0.0
+    meta = json.loads((out / f"{name}_meta.json").read_text())
+    assert meta["synthetic"] and "synthetic data" in meta["run_label"] and meta["settings"]["wall_seconds"] > 0
+    assert meta["settings"]["train_images"] and meta["settings"]["seeds"] == seeds
+    claimed = {(c["better"], c["worse"], c["metric"]) for c in meta["claims"]}
+    assert {("fedicra", b, f"dice_{st}") for b in fedicra_compare.BASELINES for st in structures} <= claimed
+    volumes = read_rows(out / f"{name}_volumes.csv")
+    assert list(volumes[0]) == list(VOLUME_COLUMNS)
+    n_test = meta["settings"]["test_images"]["site-1"]
+    site1 = [v for v in volumes if v["site"] == "site-1" and v["method"] == methods[0] and v["seed"] == seeds[0]
+             and v["metric"] == f"dice_{structures[0]}"]
+    assert len({v["case"] for v in site1}) == len(site1) == n_test, "one score per test image"
+    cell = next(r for r in rows if r["site"] == "site-1" and r["method"] == methods[0] and r["seed"] == seeds[0]
+                and r["metric"] == f"dice_{structures[0]}")
+    assert cell["n"] == n_test and abs(cell["value"] - sum(v["value"] for v in site1) / n_test) < 1e-9
+    assert (out / f"{name}.png").stat().st_size > 0
+    return meta, (out / f"{name}.md").read_text()
 
 
 def test_quick_two_methods_faz(tmp_path):
-    fedicra_compare.main(["--task", "faz", "--quick", "--seeds", "0", "--methods", "fedavg", "local",
-                          "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data")])
-    result, md = _check(tmp_path / "out", "faz", ["fedavg", "local"], [0])
-    assert "not checked" in result["verdict"] and "dice_faz" in md
+    result = fedicra_compare.main(["--task", "faz", "--quick", "--seeds", "0", "--methods", "fedavg", "local",
+                                   "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data")])
+    meta, md = _check(tmp_path / "out", "faz", ["fedavg", "local"], [0])
+    assert "dice_faz" in md and "quick smoke run" in md and result["markdown"] == md
+    assert "not measured" in md  # FedICRA did not run: its orderings are said to be unmeasured, not dropped
+    report, _ = build_report(tmp_path / "out")
+    text = report.read_text()
+    assert "## fedicra: FedICRA, FAZ" in text and "| fedavg |" in text and "| local |" in text
+    assert list((tmp_path / "out").glob("report_*.png"))
 
 
 @pytest.mark.slow
 def test_quick_every_method_odoc_two_seeds(tmp_path):
     fedicra_compare.main(["--task", "odoc", "--quick", "--seeds", "0", "1", "--out", str(tmp_path / "out"),
                           "--data-dir", str(tmp_path / "data")])
-    result, md = _check(tmp_path / "out", "odoc", list(fedicra_compare.METHODS), [0, 1])
-    assert result["verdict"].startswith("Paper's ordering") and "vs fedrep" in result["verdict"]
-    assert "dice_cup" in md and "dice_disc" in md and "+/-" in md
+    meta, md = _check(tmp_path / "out", "odoc", list(fedicra_compare.METHODS), [0, 1])
+    assert "odoc: fedicra > fedrep" in md and "odoc: fedicra < fedavg" in md  # hd95: lower is better
+    assert "dice_cup" in md and "dice_disc" in md and " ± " in md
+    assert md.count("| odoc: fedicra > ") == 2 * len(fedicra_compare.BASELINES) + 2
+    assert "not measured" not in md  # every method ran: every ordering has a verdict

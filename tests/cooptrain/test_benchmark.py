@@ -1,6 +1,5 @@
 """In-process federated rounds (the job's learner and averaging), leave-one-site-out, and the benchmark's --quick."""
 
-import csv
 import json
 
 import pytest
@@ -37,36 +36,73 @@ def test_leave_one_site_out_scores_only_the_held_out_vendor(coop_data, tmp_path)
     assert not list(tmp_path.rglob("vendor-C_last_model.pt"))  # the held-out vendor never trained
 
 
-def test_summary_and_verdicts_on_known_rows(tmp_path):
+def _meta(settings=("federated",)):
+    return {"algorithm": "cooptrain", "title": "t", "synthetic": True, "run_label": "known rows",
+            "settings": {"num_rounds": 1, "seeds": [0, 1, 2], "settings_run": list(settings)}}
+
+
+def test_known_rows_give_the_cells_and_the_paired_verdicts(tmp_path):
+    """Per volume: latent DA beats cooperative by 0.2 on every corrupted and held-out volume of every seed (yes);
+    standard equals latent DA (cooperative > standard: no); the clean set differs by +-0.05 alternating (noise)."""
+    from benchmarks.report import load_comparison
+
     rows = []
-    for seed, (ours, base) in enumerate([(0.8, 0.6), (0.7, 0.6), (0.9, 0.6)]):
-        for method, value in (("cooperative+latent-DA", ours), ("cooperative", base), ("standard", ours)):
-            for site in ("acdc", "acdc-C/spike", "vendor-C"):
-                rows += [{"algorithm": "cooptrain", "site": site, "method": f"federated/{method}", "seed": seed,
-                          "metric": m, "value": value} for m in bench.METRICS]
-    summary = bench.write_outputs(tmp_path, rows, {"test": True})
-    cell = summary["federated/cooperative+latent-DA"]["acdc"]["dice"]
-    assert cell["n"] == 3 and abs(cell["mean"] - 0.8) < 1e-9 and abs(cell["std"] - 0.1) < 1e-9
-    lines = bench.verdicts(rows)
-    assert any("federated, held-out: latent DA - cooperative = +0.200" in ln and ln.endswith(": held") for ln in lines)
-    assert any("federated, clean: latent DA - standard = +0.000" in ln and "within noise" in ln for ln in lines)
-    assert (tmp_path / "cooptrain_compare.png").is_file() and (tmp_path / "cooptrain_compare.md").is_file()
+    for seed, base in enumerate((0.6, 0.5, 0.7)):
+        for site in ("acdc", "acdc-C/spike", "acdc-C/motion", "vendor-C"):
+            for i in range(6):
+                gap = (0.05 if (i + seed) % 2 else -0.05) if site == "acdc" else 0.2
+                for method, value in (("cooperative+latent-DA", base + gap), ("cooperative", base),
+                                      ("standard", base + gap)):
+                    rows += [{"algorithm": "cooptrain", "setting": "federated", "site": site, "method": method,
+                              "seed": seed, "metric": m, "case": f"p{i:02d}_ED", "value": value}
+                             for m in ("dice", "hd95")]
+    paths = bench.write_outputs(tmp_path, rows, _meta(), 1.0)
+    cmp = load_comparison(paths["scores"])
+    cell = [r for r in cmp["rows"]
+            if r["method"] == "cooperative" and r["site"] == "vendor-C" and r["metric"] == "dice"]
+    assert sorted(r["value"] for r in cell) == pytest.approx([0.5, 0.6, 0.7]) and {r["n"] for r in cell} == {6}
+    md = paths["markdown"].read_text()
+    assert "| cooperative | 0.600 ± 0.100 (3×6) |" in md  # clean acdc column first: mean ± std over 3 seeds, n
+    line = next(ln for ln in md.splitlines() if ln.startswith("| federated [vendor-C]: cooperative+latent-DA > "
+                                                                   "cooperative"))
+    assert "+0.200" in line and "**yes**" in line and "| 6 |" in line
+    line = next(ln for ln in md.splitlines() if ln.startswith("| federated [acdc-C/bias_field, acdc-C/spike, "
+                                                                   "acdc-C/ghosting, acdc-C/motion]: cooperative > st"))
+    assert "**no**" in line and "| 12 |" in line  # two corrupted sets ran: 2 x 6 volumes
+    line = next(ln for ln in md.splitlines() if ln.startswith("| federated [acdc]: cooperative+latent-DA > coop"))
+    assert "**within noise**" in line
+    assert (tmp_path / "cooptrain_compare.png").is_file() and "known rows" in md
+
+
+def test_undefined_hd95_is_left_out_of_the_rows():
+    scores = {"vendor-C": {"p1_ED": {"dice": 0.5, "hd95": float("nan")}, "p2_ED": {"dice": 0.7, "hd95": 3.0}}}
+    rows = bench.volume_rows("federated", "standard", 0, scores)
+    assert {(r["case"], r["metric"]) for r in rows} == {("p1_ED", "dice"), ("p2_ED", "dice"), ("p2_ED", "hd95")}
 
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_csv_json_markdown_and_plot(tmp_path):
+def test_quick_benchmark_writes_the_comparison_shape(tmp_path):
     """About 40 s on an idle 2-core machine, 95 s under load: slow."""
+    from benchmarks.report import build_report
+    from benchmarks.stats import SCORE_COLUMNS, read_rows
+
     out = tmp_path / "out"
     assert bench.main(["--quick", "--seeds", "0", "--settings", "federated", "--out", str(out)]) == 0
     with open(out / "cooptrain_compare.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["algorithm", "site", "method", "seed", "metric", "value"]
+        assert f.readline().strip().split(",") == list(SCORE_COLUMNS)
+    rows = read_rows(out / "cooptrain_compare.csv")
     sets = {r["site"] for r in rows}
     assert {"acdc", "vendor-C", "acdc-C/bias_field", "acdc-C/spike", "acdc-C/ghosting", "acdc-C/motion"} <= sets
-    assert {r["method"] for r in rows} == {f"federated/{m}" for m in bench.METHODS}
+    assert {r["method"] for r in rows} == set(bench.METHODS) and {r["setting"] for r in rows} == {"federated"}
     assert {r["metric"] for r in rows} == set(bench.METRICS)
-    assert all(0.0 <= float(r["value"]) <= 1.0 for r in rows if r["metric"].startswith("dice"))
-    summary = json.loads((out / "cooptrain_compare.json").read_text())
-    assert summary["summary"]["federated/standard"]["acdc"]["dice"]["n"] == 1
-    assert "latent DA" in (out / "cooptrain_compare.md").read_text()
+    assert all(0.0 <= r["value"] <= 1.0 for r in rows if r["metric"].startswith("dice"))
+    volumes = read_rows(out / "cooptrain_compare_volumes.csv")
+    clean = {v["case"] for v in volumes if v["site"] == "acdc" and v["method"] == "standard" and v["metric"] == "dice"}
+    spiked = [v for v in volumes if v["site"] == "acdc-C/spike" and v["method"] == "standard" and v["metric"] == "dice"]
+    assert clean and {v["case"] for v in spiked} == clean and len(spiked) == len(clean)  # realisations averaged
+    meta = json.loads((out / "cooptrain_compare_meta.json").read_text())
+    assert meta["settings"]["complete"] and meta["run_label"].startswith("quick")
+    md = (out / "cooptrain_compare.md").read_text()
+    assert "cooperative+latent-DA > cooperative" in md and "not measured" not in md
     assert (out / "cooptrain_compare.png").stat().st_size > 1000
+    assert "## cooptrain:" in build_report(out)[0].read_text()
