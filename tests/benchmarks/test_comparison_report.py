@@ -59,3 +59,52 @@ def test_no_comparison_is_an_error(tmp_path, capsys):
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+def test_report_copes_with_any_subset_and_a_broken_comparison(tmp_path, capsys):
+    """Comparisons present in any combination; one without its volumes file is named as skipped, not fatal; a
+    comparison without a ``dice`` metric plots its primary metric; hd95_* and nmse read lower-is-better."""
+    from benchmarks.report import lower_is_better, primary_metric
+
+    _comparison(tmp_path, "alg_a", "alpha", gap=0.1)
+    rows = [{"algorithm": "recon", "setting": "federation", "site": s, "method": m, "seed": seed, "metric": metric,
+             "case": f"v{i}", "value": v + (0.01 * i if m == "ours" else 0.0)}
+            for s in ("site-1", "site-2") for m in ("ours", "base") for seed in (0, 1) for i in range(3)
+            for metric, v in (("psnr", 20.0), ("nmse", 0.1))]
+    meta = {"algorithm": "recon", "title": "no dice", "synthetic": True, "run_label": "reduced run on synthetic data",
+            "primary_metric": "psnr", "settings": {"seeds": [0, 1], "num_rounds": 3, "wall_seconds": 2.0}}
+    write_comparison(tmp_path / "recon", "recon", rows, meta,
+                     [Claim("federation", "ours", "base", "psnr"),
+                      Claim("federation", "ours", "base", "nmse", higher_is_better=False, sites=("site-2",))])
+    _comparison(tmp_path, "broken", "gamma", gap=0.1)
+    (tmp_path / "broken" / "broken_volumes.csv").unlink()
+    out, block = build_report(tmp_path)
+    text = out.read_text()
+    assert "## alpha: alpha demo" in text and "## recon: no dice" in text and "gamma" not in block
+    assert "Skipped (unreadable): `broken/broken.csv`" in text and "skipping comparison" in capsys.readouterr().err
+    assert "reduced run on synthetic data" in text and "reduced run on synthetic data" in block
+    assert "### federation: nmse (nmse, lower is better)" in text
+    # ours = base + 0.01 * i on psnr: volumes 1, 2 gain, volume 0 ties -> bootstrap interval [0, +0.02]: noise
+    line = next(ln for ln in text.splitlines() if ln.startswith("| federation: ours > base"))
+    assert "| 6 |" in line  # 2 sites x 3 volumes
+    line = next(ln for ln in text.splitlines() if ln.startswith("| federation [site-2]: ours < base"))
+    assert "| 3 |" in line  # the claim's site subset only
+    assert (tmp_path / "report_recon_recon.png").stat().st_size > 0
+    assert lower_is_better("hd95_disc") and lower_is_better("nmse") and not lower_is_better("dice_cup")
+    assert primary_metric({"name": "x", "rows": [{"metric": "ssim"}], "meta": {}}) == "ssim"
+    (tmp_path / "alg_a" / "alg_a_volumes.csv").unlink()
+    (tmp_path / "recon" / "recon_volumes.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="no readable comparison"):
+        build_report(tmp_path)
+
+
+def test_claim_sites_round_trip_through_the_meta(tmp_path):
+    from benchmarks.report import load_comparison
+
+    _comparison(tmp_path, "alg_a", "alpha", gap=0.1)
+    meta = {"algorithm": "alpha", "title": "t", "synthetic": True, "settings": {}}
+    rows = [{"algorithm": "alpha", "setting": "inside", "site": "A", "method": "m", "seed": 0, "metric": "dice",
+             "case": "c", "value": 0.5}]
+    write_comparison(tmp_path / "s", "s", rows, meta, [Claim("inside", "m", "n", "dice", sites=("A", "B"))])
+    claim = load_comparison(tmp_path / "s" / "s.csv")["claims"][0]
+    assert claim.sites == ("A", "B") and claim == Claim("inside", "m", "n", "dice", sites=("A", "B"))
