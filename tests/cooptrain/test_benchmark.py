@@ -66,9 +66,9 @@ def test_known_rows_give_the_cells_and_the_paired_verdicts(tmp_path):
     line = next(ln for ln in md.splitlines() if ln.startswith("| federated [vendor-C]: cooperative+latent-DA > "
                                                                    "cooperative"))
     assert "+0.200" in line and "**yes**" in line and "| 6 |" in line
-    line = next(ln for ln in md.splitlines() if ln.startswith("| federated [acdc-C/bias_field, acdc-C/spike, "
-                                                                   "acdc-C/ghosting, acdc-C/motion]: cooperative > st"))
-    assert "**no**" in line and "| 12 |" in line  # two corrupted sets ran: 2 x 6 volumes
+    line = next(ln for ln in md.splitlines() if ln.startswith("| federated [acdc-C/mean]: cooperative > st"))
+    assert "**no**" in line and "| 6 |" in line  # the 6 subject volumes, each the mean of its 2 corrupted kinds
+    assert "| cooperative | 0.600 ± 0.100 (3×6) | 0.600 ± 0.100 (3×6) |" in md  # acdc-C/mean: a column of its own
     line = next(ln for ln in md.splitlines() if ln.startswith("| federated [acdc]: cooperative+latent-DA > coop"))
     assert "**within noise**" in line
     assert (tmp_path / "cooptrain_compare.png").is_file() and "known rows" in md
@@ -78,6 +78,29 @@ def test_undefined_hd95_is_left_out_of_the_rows():
     scores = {"vendor-C": {"p1_ED": {"dice": 0.5, "hd95": float("nan")}, "p2_ED": {"dice": 0.7, "hd95": 3.0}}}
     rows = bench.volume_rows("federated", "standard", 0, scores)
     assert {(r["case"], r["metric"]) for r in rows} == {("p1_ED", "dice"), ("p2_ED", "dice"), ("p2_ED", "hd95")}
+
+
+def test_quick_one_method_writes_the_full_shape_and_the_report_reads_it(tmp_path):
+    """The default-suite subset of the slow test below: one setting, one method, one seed (under a minute)."""
+    from benchmarks.report import build_report
+    from benchmarks.stats import SCORE_COLUMNS, read_rows
+
+    out = tmp_path / "out"
+    assert bench.main(["--quick", "--seeds", "0", "--settings", "centralised", "--methods", "standard",
+                       "--out", str(out)]) == 0
+    with open(out / "cooptrain_compare.csv", newline="") as f:
+        assert f.readline().strip().split(",") == list(SCORE_COLUMNS)
+    rows = read_rows(out / "cooptrain_compare.csv")
+    assert {(r["setting"], r["method"]) for r in rows} == {("centralised", "standard")}
+    assert {"acdc", "vendor-C", "acdc-C/motion"} <= {r["site"] for r in rows}
+    volumes = read_rows(out / "cooptrain_compare_volumes.csv")
+    acdc = [v["value"] for v in volumes if v["site"] == "acdc" and v["metric"] == "dice"]
+    cell = next(r for r in rows if r["site"] == "acdc" and r["metric"] == "dice")
+    assert cell["n"] == len(acdc) >= 1 and abs(cell["value"] - sum(acdc) / len(acdc)) < 1e-9
+    meta = json.loads((out / "cooptrain_compare_meta.json").read_text())
+    assert meta["settings"]["methods"] == ["standard"] and meta["settings"]["complete"]
+    text = build_report(out)[0].read_text()
+    assert "## cooptrain:" in text and "not measured" in text  # its orderings need the other methods
 
 
 @pytest.mark.slow
