@@ -55,7 +55,7 @@ DEFAULTS = {"rounds": 4, "tta_passes": 5, "features": [4, 8, 16], "n_cases": 4, 
 def forced_weights(model, value: float | None):
     """Every routed layer uses the fixed weight ``value`` for each expert (None: its router)."""
     layers = [m for m in model.modules() if isinstance(m, RoutedConv2d)]
-    originals = [m.forward for m in layers]
+    originals = [vars(m).get("forward") for m in layers]  # an instance override already there, else None
     if value is not None:
         for m in layers:
             m.forward = (lambda x, _m=m: RoutedConv2d.forward(
@@ -64,7 +64,10 @@ def forced_weights(model, value: float | None):
         yield
     finally:
         for m, f in zip(layers, originals):
-            m.forward = f
+            if f is None:
+                vars(m).pop("forward", None)  # back to the class's forward (the router)
+            else:
+                m.forward = f
 
 
 def routing_weights(model, images: torch.Tensor, batch_size: int) -> dict[str, float]:
@@ -77,7 +80,9 @@ def routing_weights(model, images: torch.Tensor, batch_size: int) -> dict[str, f
     finally:
         for h in hooks:
             h.remove()
-    r = torch.cat([w for w in per_layer])  # (layers x samples, E)
+    if not per_layer:  # forced weights: no router ran
+        return {}
+    r = torch.cat(per_layer)  # (layers x samples, E)
     out = {f"r_expert{e}": float(r[:, e].mean()) for e in range(r.shape[1])}
     out["r_sum_mean"], out["r_sum_min"], out["r_sum_max"] = (float(r.sum(1).mean()), float(r.sum(1).min()),
                                                             float(r.sum(1).max()))
