@@ -164,9 +164,15 @@ def plot_comparison(cmp: dict, path: str | Path, metric: str | None = None) -> P
     rows = [r for r in cmp["rows"] if r["metric"] == metric]
     settings = _ordered(r["setting"] for r in rows)
     widths = [max(1, len({r["site"] for r in rows if r["setting"] == s})) for s in settings]
-    fig, axes = plt.subplots(1, len(settings), figsize=(5 + 2.2 * sum(widths), 5.5), squeeze=False,
-                             gridspec_kw={"width_ratios": widths})
-    for ax, setting in zip(axes[0], settings):
+    if sum(widths) <= 10:  # side by side
+        fig, axes = plt.subplots(1, len(settings), figsize=(5 + 2.2 * sum(widths), 5.5), squeeze=False,
+                                 gridspec_kw={"width_ratios": widths})
+        axes = axes[0]
+    else:  # many sites (test sets): one row per setting, a readable width
+        fig, axes = plt.subplots(len(settings), 1, figsize=(min(4 + 1.3 * max(widths), 20), 5 * len(settings)),
+                                 squeeze=False)
+        axes = axes[:, 0]
+    for ax, setting in zip(axes, settings):
         sub = [r for r in rows if r["setting"] == setting]
         sites, methods = _ordered(r["site"] for r in sub), _ordered(r["method"] for r in sub)
         width = 0.8 / len(methods)
@@ -177,7 +183,10 @@ def plot_comparison(cmp: dict, path: str | Path, metric: str | None = None) -> P
         ax.set_xticks(np.arange(len(sites)) + 0.4 - width / 2, sites, rotation=30 if len(sites) > 4 else 0)
         ax.set_title(f"{cmp['meta'].get('algorithm', cmp['name'])}: {setting}")
         ax.set_ylabel(f"{metric} (mean ± std over seeds)")
-        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+        if len(sites) > 4:  # rotated tick labels below: the legend goes inside
+            ax.legend(fontsize=7, ncol=len(methods), loc="upper right", framealpha=0.8)
+        else:
+            ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=90)
@@ -247,7 +256,8 @@ def build_report(results_dir: str | Path = "results", out: str | Path | None = N
         s = cmp["meta"].get("settings", {})
         data = "synthetic data" if cmp["meta"].get("synthetic") else "user data"
         label = f"; {cmp['meta']['run_label']}" if cmp["meta"].get("run_label") else ""
-        block += ["", f"**{cmp['meta'].get('algorithm', cmp['name'])}** ({data}{label}; seeds {s.get('seeds')}, "
+        block += ["", f"**{cmp['meta'].get('algorithm', cmp['name'])}** `{cmp['name']}` ({data}{label}; "
+                  f"seeds {s.get('seeds')}, "
                   f"{s.get('num_rounds')} rounds, {s.get('wall_seconds')} s wall):"]
     block += ["", *_summary_lines(cmps)]
     return out, "\n".join(block)
