@@ -34,6 +34,13 @@ import numpy as np  # noqa: E402
 NAME = "quantization"
 METHODS = ("none", "float16", "adaquant")
 METRICS = ("val_dice", "bytes_server_to_site_per_round", "bytes_site_to_server_per_round")
+#: CSV metric names (``dice``: the name ``benchmarks.report`` plots) and what each is
+CSV_METRICS = {"val_dice": "dice", "bytes_server_to_site_per_round": "bytes_server_to_site",
+               "bytes_site_to_server_per_round": "bytes_site_to_server"}
+CSV_METRIC_NOTES = {"dice": "val_dice the site reports for the global model it received in the last round",
+                    "bytes_server_to_site": "bytes per round of the train task, NVFlare FOBS serialisation, measured",
+                    "bytes_site_to_server": "bytes per round of the site's result, NVFlare FOBS serialisation, "
+                                            "measured"}
 
 
 def job_args(opts, data: Path, datalists: Path, workspace: Path, method: str, seed: int):
@@ -97,7 +104,8 @@ def csv_rows(runs: dict) -> list[dict]:
         for seed, r in per_seed.items():
             for site, values in r["sites"].items():
                 rows += [{"algorithm": "fedavg", "setting": "prostate3d-quantize", "site": site, "method": method,
-                          "seed": seed, "metric": m, "case": "all", "value": values[m]} for m in METRICS]
+                          "seed": seed, "metric": CSV_METRICS[m], "case": "all", "value": values[m]}
+                         for m in METRICS]
     return rows
 
 
@@ -169,7 +177,7 @@ def run(opts) -> dict:
             "command": "python -m benchmarks.quantization " + " ".join(opts.argv)}
     write_comparison(out, NAME, csv_rows(runs),
                      {"algorithm": "fedavg", "title": "NVFlare model quantization: bytes on the wire and Dice",
-                      "synthetic": True, "settings": meta})
+                      "synthetic": True, "settings": meta, "metrics": CSV_METRIC_NOTES})
     plot(table, out / f"{NAME}.png")
     write_report({"settings": meta, "methods": table, "runs": runs}, out / f"{NAME}.json", markdown(table, meta),
                  out / f"{NAME}.md")

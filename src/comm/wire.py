@@ -87,17 +87,22 @@ class WireBytes(Filter):
             self.log_warning(fl_ctx, f"wire byte count failed: {type(e).__name__}: {e}")
         return shareable
 
-    def _record(self, shareable: Shareable, fl_ctx: FLContext) -> None:
-        from nvflare.apis.fl_constant import FLContextKey, ReservedHeaderKey
+    def row(self, shareable: Shareable, fl_ctx: FLContext) -> dict:
+        """The JSON row of one message: direction, site, task, round, bytes, array_bytes."""
+        from nvflare.apis.fl_constant import FLContextKey
+        from nvflare.apis.shareable import ReservedHeaderKey
         from nvflare.app_common.app_constant import AppConstants
 
         total, arrays = shareable_bytes(shareable)
         peer = fl_ctx.get_peer_context()
-        site = peer.get_identity_name() if peer is not None else None
+        site = (peer.get_identity_name() or None) if peer is not None else None
         task = fl_ctx.get_prop(FLContextKey.TASK_NAME) or shareable.get_header(ReservedHeaderKey.TASK_NAME)
         round_ = shareable.get_header(AppConstants.CURRENT_ROUND)
-        row = {"direction": self.direction, "site": site, "task": task,
-               "round": int(round_) if round_ is not None else None, "bytes": total, "array_bytes": arrays}
+        return {"direction": self.direction, "site": site, "task": task,
+                "round": int(round_) if round_ is not None else None, "bytes": total, "array_bytes": arrays}
+
+    def _record(self, shareable: Shareable, fl_ctx: FLContext) -> None:
+        row = self.row(shareable, fl_ctx)
         run_dir = Path(fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id()))
         path = run_dir / WIRE_FILE
         with _LOCK:

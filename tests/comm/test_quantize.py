@@ -151,3 +151,31 @@ def test_gpu_only_types_are_refused_without_cuda_and_unknown_types_always():
             check_quantize("blockwise8")
         with pytest.raises(SystemExit):
             parse_args(["--quantize", "normfloat4"])
+
+
+def test_wire_row_names_site_task_round_and_counts_the_whole_message():
+    from nvflare.apis.fl_constant import ReservedKey
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.shareable import ReservedHeaderKey
+    from nvflare.app_common.app_constant import AppConstants
+
+    from src.comm.wire import WireBytes, shareable_bytes
+    from src.comm.wire_report import wire_summary, wire_table
+
+    shareable = _shareable(_payload(), "none")
+    shareable.set_header(AppConstants.CURRENT_ROUND, 3)
+    shareable.set_header(ReservedHeaderKey.TASK_NAME, "train")
+    peer = FLContext()
+    peer.set_prop(ReservedKey.IDENTITY_NAME, "site-7", private=False, sticky=False)
+    ctx = FLContext()
+    ctx.set_peer_context(peer)
+    row = WireBytes("result").row(shareable, ctx)
+    assert row["direction"] == "result" and row["task"] == "train" and row["round"] == 3
+    assert row["site"] == "site-7"
+    assert row["bytes"] == shareable_bytes(shareable)[0] > row["array_bytes"] > 0
+    with pytest.raises(ValueError, match="direction"):
+        WireBytes("sideways")
+    rows = [{**row, "site": "site-7", "direction": d, "round": r, "bytes": b}
+            for d, r, b in (("task", 0, 10), ("result", 0, 5), ("task", 1, 11), ("result", 1, 6))]
+    assert wire_summary(rows) == {"site-7": {"task": [10, 11], "result": [5, 6]}}
+    assert "| 1 | 11 | 6 |" in wire_table(wire_summary(rows))
