@@ -114,7 +114,8 @@ def markdown(table: dict, meta: dict) -> str:
              f"{meta['local_epochs']} epochs, seeds {meta['seeds']}", "",
              f"{meta['data']}; bytes: NVFlare's FOBS serialisation of each train-task message as the server sent or "
              "received it (transport framing, TCP/TLS not included), mean per site and round; ratios against none "
-             f"measured in the same run. Machine: {meta['machine']}.", "",
+             f"measured in the same run. Machine: {_machine(meta['machine'])}; "
+             f"wall {meta.get('wall_seconds', 0):.0f} s for the whole invocation.", "",
              "| method | server->site bytes/round | ratio | site->server bytes/round | ratio | val_dice (last round) "
              "| wall s/run |", "|---|---|---|---|---|---|---|"]
     for method, r in table.items():
@@ -126,6 +127,13 @@ def markdown(table: dict, meta: dict) -> str:
     lines += ["", f"n = {meta['n_seeds']} seed(s), Dice over {meta['sites']} sites' validation volumes; with one "
               "seed, Dice differences of a few points are within run-to-run noise."]
     return "\n".join(lines) + "\n"
+
+
+def _machine(info: dict) -> str:
+    if not info:
+        return "not recorded"
+    return (f"{info.get('cpu_count')} CPU cores, 1-min load average {info.get('load_average_1m', float('nan')):.1f} "
+            f"at the end, torch {info.get('torch', '?')}")
 
 
 def plot(table: dict, path: Path) -> Path:
