@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from deploy.processes import terminate_then_kill
+
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILE = ROOT / "deploy" / "project.yml"
 TERMINAL_PREFIX = "FINISHED"
@@ -338,15 +340,7 @@ class PocDeployment:
             with contextlib.suppress(psutil.Error, TypeError):
                 if p.pid != os.getpid() and any(marker in arg for arg in p.info["cmdline"] or ()):
                     procs[p.pid] = p
-        alive = [p for p in procs.values() if _running(p)]
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, alive = psutil.wait_procs(alive, timeout=grace)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(alive, timeout=5)
+        alive = terminate_then_kill([p for p in procs.values() if _running(p)], grace)
         for popen in self.processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(timeout=1)

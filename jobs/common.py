@@ -449,15 +449,10 @@ def stop_descendants(grace: float = STOP_GRACE_S, keep: frozenset[int] = frozens
     """
     import psutil
 
+    from deploy.processes import terminate_then_kill
+
     procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in keep]
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=5)
+    terminate_then_kill(procs, grace)
     return [p.pid for p in procs]
 
 
