@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from data_prep.common import own_folder  # noqa: E402
 from jobs.console import add_console_options, sim_log_config, tracking_config  # noqa: E402
 from src.config.base import LearnerConfig  # noqa: E402
 from src.learners.client_api import STAGED_CONFIG  # noqa: E402
@@ -184,7 +185,7 @@ def stage_project(recipe, learner: type, config: LearnerConfig, root: Path | Non
     The staging folder (under ``root``, default the system temp folder) is returned; :func:`execute` removes it.
     """
     if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
+        own_folder(root, "jobs staging")
         clean_stale_staging(root)
     staging = Path(tempfile.mkdtemp(prefix=f"fl-job-{os.getpid()}-", dir=root))
     staged = {
@@ -219,7 +220,7 @@ def initial_checkpoint(model, args, tag: str = "") -> str:
     import torch
 
     path = INITIAL_MODELS / f"{args.name}_seed{args.seed}{tag}_initial.pt"
-    (ROOT / path).parent.mkdir(parents=True, exist_ok=True)
+    own_folder((ROOT / path).parent, "jobs initial checkpoints")
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ROOT / path)
     return str(path)
 
@@ -534,10 +535,27 @@ def _simulate(recipe, args) -> Path:
         raise RuntimeError(f"{e}" + (f"\nserver: {reason}" if reason else "")) from None
     finally:
         os.environ.pop(SITE_STATE_ENV, None)
+    extra = {}
     if point is not None:
         continue_curves(point["server_dir"], result)
-    write_run_status(folder, args, "completed", result=str(result))
+        extra["mlflow_runs"] = continue_mlflow_curves(point, args)
+    write_run_status(folder, args, "completed", result=str(result), **extra)
     return result
+
+
+def continue_mlflow_curves(point: dict, args) -> dict[str, str]:
+    """The resumed run's MLflow site runs continue the earlier run's curves (``continue_site_runs``); returns
+    ``{site: run id}`` (empty without MLflow tracking or without the project store)."""
+    from jobs.console import tracking_uri_of, uses_project_store
+    from src.reporting.mlflow_results import continue_site_runs
+
+    old_options = json.loads((point["folder"] / RUN_MARKER).read_text()).get("options", {})
+    old_launch = old_options.get("launch")
+    if args.tracking not in ("mlflow", "both") or not uses_project_store(args) or not old_launch:
+        return {}
+    old_uri = tracking_uri_of(argparse.Namespace(**{**vars(args), **old_options}))
+    return continue_site_runs(tracking_uri_of(args), args.name, old_launch, args.launch, point["rounds_done"],
+                              old_tracking_uri=old_uri)
 
 
 def continue_curves(previous_server: Path, result: Path) -> None:
