@@ -54,6 +54,7 @@ EXPORT_MARKER = ".fl_job_export"
 #: file written into every run folder (options, status); only a folder holding it is replaced with --overwrite
 RUN_MARKER = "run.json"
 STAGING = ".staging"
+RUNNER_SYNC_TIMEOUT_S = 300.0
 #: seconds the processes of a stopped job get between SIGTERM and SIGKILL
 STOP_GRACE_S = 10.0
 TRACKING_CHOICES = {
@@ -310,6 +311,9 @@ def add_standard_components(recipe, args) -> None:
             add_cross_site_evaluation(recipe)
     # the 2 s default between task requests dominates short rounds on a laptop
     recipe.add_server_config({"server": {"task_request_interval": 0.1}})
+    # a site's job process waits at most 60 s (NVFlare's default) for the server's job process to come up, then
+    # fails the job; on a loaded machine (a POC on 2 shared cores) the server's can take longer to start
+    recipe.add_client_config({"max_runner_sync_timeout": RUNNER_SYNC_TIMEOUT_S})
     add_privacy_filter(recipe, args)
 
 
