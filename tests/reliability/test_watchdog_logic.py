@@ -72,3 +72,23 @@ def test_the_next_round_runs_without_the_dead_site_only_if_min_clients_allow(min
         assert c._start_round(["site-1", "site-2", "site-3"]) == ["site-1", "site-3"]
         assert ("warning", "round 2: no task for site-2: dead during round 1 (NVFlare reports the site "
                            "disconnected)") in c.logged
+
+
+@pytest.mark.parametrize("min_clients, expected", [("1", 1), ("0", 2)])
+def test_the_deployment_policy_lets_a_job_run_on_with_min_clients_sites(tmp_path, min_clients, expected):
+    """NVFlare aborts a POC / production job once fewer sites are alive than meta.json's min_clients: it must be
+    --min-clients (every site when 0), or the controller never gets to carry on without a dead site. Sites wait
+    up to RUNNER_SYNC_TIMEOUT_S for the server's job process (NVFlare's 60 s fails jobs on a loaded machine)."""
+    import json
+
+    from jobs.common import RUNNER_SYNC_TIMEOUT_S
+    from jobs.prostate_fedavg import build_recipe, parse_args
+
+    args = parse_args(["--env", "export", "--sites", "site-1", "site-2", "--min-clients", min_clients,
+                       "--workspace", str(tmp_path / "ws"), "--tracking", "none"])
+    recipe = build_recipe(args)
+    recipe.export(str(tmp_path / "out"))
+    job = tmp_path / "out" / recipe.name
+    assert json.loads((job / "meta.json").read_text())["min_clients"] == expected
+    client = json.loads(next(job.rglob("config_fed_client.json")).read_text())
+    assert client["max_runner_sync_timeout"] == RUNNER_SYNC_TIMEOUT_S
