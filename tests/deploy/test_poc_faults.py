@@ -165,7 +165,6 @@ def test_otherwise_the_job_ends_naming_the_dead_site(faults):
     assert faults["meta_b"]["status"] != "FINISHED:COMPLETED"
     assert re.search(r"site site-2 is dead during round [12]", logs), logs[-3000:]
     assert re.search(r"FL-RUN-STOPPED: .*site-2", logs) or "Alive clients 1 < required min 2" in logs, logs[-3000:]
-    assert "Round 3 started" not in logs
     assert faults["end_b_s"] < 120
 
 
