@@ -44,6 +44,8 @@ POC_MARKER = ".fl_poc_workspace"
 RUNTIME_DIRS = ("tmp", "store")
 #: files the start scripts and NVFlare write into a kit while it runs
 RUNTIME_FILES = ("pid.fl", "daemon_pid.fl", "shutdown.fl", "restart.fl")
+#: times follow() logs in again after the admin connection dropped (seen at load average 20+ on 2 cores)
+MAX_ADMIN_RECONNECTS = 5
 PROGRESS_MARKERS = ("started.", "aggregating", "Finished FedAvg", "Beginning model validation", "ERROR")
 
 __all__ = ["PocDeployment", "PocError", "render_project", "free_port"]
@@ -278,9 +280,21 @@ class PocDeployment:
         seen = 0
         deadline = time.monotonic() + timeout
         status = None
+        lost = 0
         while time.monotonic() < deadline:
             self._check_alive()
-            meta = self.session.get_job_meta(job_id)
+            try:
+                meta = self.session.get_job_meta(job_id)
+            except Exception as e:  # the admin connection drops when the machine is overloaded: log in again
+                if type(e).__name__ != "NoConnection" or lost >= MAX_ADMIN_RECONNECTS:
+                    raise
+                lost += 1
+                self._log(f"admin connection lost ({e}); reconnecting ({lost}/{MAX_ADMIN_RECONNECTS})")
+                with contextlib.suppress(Exception):
+                    self._session.close()
+                self._session = None
+                time.sleep(poll)
+                continue
             if meta.get("status") != status:
                 status = meta.get("status")
                 self._log(f"job {job_id}: {status}")
