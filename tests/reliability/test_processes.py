@@ -5,6 +5,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from deploy.processes import terminate_then_kill
 
@@ -36,3 +37,43 @@ def test_processes_already_gone_are_skipped():
     proc = psutil.Process(gone.pid)
     gone.wait()
     assert terminate_then_kill([proc], grace=0.5) == []
+
+
+def test_poc_follow_logs_in_again_when_the_admin_connection_drops(tmp_path):
+    from deploy.poc import MAX_ADMIN_RECONNECTS, PocDeployment
+
+    class NoConnection(Exception):  # what NVFlare's FLARE API raises (matched by name)
+        pass
+
+    class Session:
+        def __init__(self, fail: int):
+            self.fail = fail
+
+        def get_job_meta(self, job_id):
+            if self.fail:
+                self.fail -= 1
+                raise NoConnection("cannot connect to server: ERROR_SERVER_CONNECTION")
+            return {"status": "FINISHED:COMPLETED"}
+
+        def close(self):
+            pass
+
+    class Fake(PocDeployment):
+        logins = 0
+
+        @property
+        def session(self):
+            if self._session is None:
+                Fake.logins += 1
+                self._session = Session(fail=1 if Fake.logins < 3 else 0)
+            return self._session
+
+    poc = Fake(tmp_path, ["site-1"], verbose=False)
+    poc.prod_dir = tmp_path
+    assert poc.follow("job", timeout=30, poll=0.01)["status"] == "FINISHED:COMPLETED"
+    assert Fake.logins == 3
+    Fake.logins = -100  # every session fails: gives up after MAX_ADMIN_RECONNECTS
+    poc._session = None
+    with pytest.raises(NoConnection):
+        poc.follow("job", timeout=30, poll=0.01)
+    assert Fake.logins == -100 + MAX_ADMIN_RECONNECTS + 1
