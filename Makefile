@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+REPO   := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+CLEAN_ROOT ?= $(REPO)
 
 .PHONY: demo test test-all data data-all data-mednist mednist iopfl-data notebooks lint bench bench-science bench-quantize iopfl-compare report poc browser-check clean help
 
@@ -88,5 +90,7 @@ browser-check: $(STAMP)  ## install Debian's chromium and screenshot the MLflow 
 	bash scripts/install_browser.sh
 	$(PY) -m pytest -m browser -q
 
-clean:  ## remove generated data, workspaces and results (keeps the venv)
-	rm -rf data datalists/*/ workspace results benchmarks/results
+clean:  ## remove what the tools wrote under data, datalists, workspace, results (marked outputs, runs, POC); keeps anything else and the venv
+	@if [ -x "$(REPO)/$(VENV)/bin/python" ] || [ "$(PY)" != "$(VENV)/bin/python" ]; then \
+	  cd "$(REPO)" && $(PY) scripts/clean.py --root "$(abspath $(CLEAN_ROOT))"; \
+	else echo "no $(VENV) yet: no tool of the bundle has written anything to clean"; fi

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.common import own_folder
+
 __all__ = [
     "SCORE_COLUMNS", "VOLUME_COLUMNS", "Summary", "Claim", "Paired", "summarise", "paired_bootstrap", "sign_test",
     "compare_paired", "write_comparison", "read_rows", "csv_paths",
@@ -164,8 +166,7 @@ def write_comparison(
     for key in ("algorithm", "title", "synthetic", "settings"):
         if key not in meta:
             raise ValueError(f"meta needs {key!r}, got keys {sorted(meta)}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = own_folder(out_dir, "benchmarks comparison")
     groups: dict[tuple, list[float]] = {}
     for row in volume_rows:
         key = tuple(row[c] for c in SCORE_COLUMNS[:6])

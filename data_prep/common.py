@@ -40,6 +40,7 @@ __all__ = [
     "check_replaceable",
     "clean_leftovers",
     "read_owner",
+    "own_folder",
     "write_owner",
     "atomic_write_json",
     "check_inside_root",
@@ -126,6 +127,19 @@ def write_owner(folder: str | os.PathLike, owner: str, beside: bool = False) -> 
         marker.write_text(json.dumps({"tool": owner}) + "\n")
         return marker
     return atomic_write_json(_beside_marker(folder), {"tool": owner, "identity": _identity(folder)})
+
+
+def own_folder(folder: str | os.PathLike, owner: str) -> Path:
+    """Create ``folder`` (and its parents) marked as ``owner``'s if it does not exist; return it.
+
+    An existing folder is left unmarked (it may be the user's): ``make clean`` (scripts/clean.py) removes only
+    folders a tool marked.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_owner(folder, owner)
+    return folder
 
 
 def read_owner(folder: str | os.PathLike) -> str | None:

@@ -31,12 +31,21 @@ from pathlib import Path
 
 import yaml
 
+from deploy.processes import terminate_then_kill
+
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILE = ROOT / "deploy" / "project.yml"
 TERMINAL_PREFIX = "FINISHED"
 #: file provision writes into its workspace; an existing workspace is replaced only when it holds it
 POC_MARKER = ".fl_poc_workspace"
 # server log lines worth showing while a job runs (FedAvg rounds, aggregation, cross-site evaluation, errors)
+#: what stop() removes from the workspace: the participants' temp folders and the job store (jobs, their results,
+#: snapshots; a job's result is downloaded before the stop); the kits and their logs stay for reading
+RUNTIME_DIRS = ("tmp", "store")
+#: files the start scripts and NVFlare write into a kit while it runs
+RUNTIME_FILES = ("pid.fl", "daemon_pid.fl", "shutdown.fl", "restart.fl")
+#: times follow() logs in again after the admin connection dropped (seen at load average 20+ on 2 cores)
+MAX_ADMIN_RECONNECTS = 5
 PROGRESS_MARKERS = ("started.", "aggregating", "Finished FedAvg", "Beginning model validation", "ERROR")
 
 __all__ = ["PocDeployment", "PocError", "render_project", "free_port"]
@@ -114,6 +123,8 @@ class PocDeployment:
         host: the server's name in the kits (the address clients dial); ``localhost`` on one machine.
         launch_prefix: command prefix per participant, e.g. ``{"site-1": ["ip", "netns", "exec", "ns1"]}`` to start
             it on another (network) host; the server's key is ``host``.
+        audit: install ``deploy/server_audit.py`` in the server's kit: every refused connection attempt (failed TLS
+            handshake, refused registration) is a ``REFUSED-CONNECTION:`` warning in the server's ``log.txt``.
     """
 
     workspace: Path
@@ -126,6 +137,7 @@ class PocDeployment:
     verbose: bool = True
     host: str = "localhost"
     launch_prefix: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    audit: bool = True
 
     def __post_init__(self) -> None:
         self.workspace = Path(self.workspace).resolve()
@@ -165,6 +177,10 @@ class PocDeployment:
             raise PocError(f"nvflare provision failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         self.prod_dir = prods[-1]
         self._own_stores()
+        if self.audit:
+            from deploy.server_audit import install
+
+            install(self.kit(self.host))
         self.admin_name = next(p["name"] for p in project["participants"] if p.get("role") == "project_admin")
         self._log(f"provisioned {', '.join(self.sites)} + server + {self.admin_name} in {self.prod_dir}")
         return self.prod_dir
@@ -196,6 +212,11 @@ class PocDeployment:
         # the start scripts call `python3`: make it this interpreter (the project's venv)
         run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
         run_env.setdefault("PYTHONUNBUFFERED", "1")
+        # the participants' temp files (multiprocessing sockets, job staging) under this workspace, owner-only,
+        # so that stop() can remove them; NVFlare leaves them in /tmp otherwise
+        tmp = self.workspace / RUNTIME_DIRS[0] / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run_env["TMPDIR"] = str(tmp)
         log = open(kit / "console.txt", "ab")  # noqa: SIM115 (closed with the process in stop())
         key = name if name not in self.processes else f"{name}@{kit}"
         self.processes[key] = subprocess.Popen(
@@ -259,9 +280,21 @@ class PocDeployment:
         seen = 0
         deadline = time.monotonic() + timeout
         status = None
+        lost = 0
         while time.monotonic() < deadline:
             self._check_alive()
-            meta = self.session.get_job_meta(job_id)
+            try:
+                meta = self.session.get_job_meta(job_id)
+            except Exception as e:  # the admin connection drops when the machine is overloaded: log in again
+                if type(e).__name__ != "NoConnection" or lost >= MAX_ADMIN_RECONNECTS:
+                    raise
+                lost += 1
+                self._log(f"admin connection lost ({e}); reconnecting ({lost}/{MAX_ADMIN_RECONNECTS})")
+                with contextlib.suppress(Exception):
+                    self._session.close()
+                self._session = None
+                time.sleep(poll)
+                continue
             if meta.get("status") != status:
                 status = meta.get("status")
                 self._log(f"job {job_id}: {status}")
@@ -303,10 +336,29 @@ class PocDeployment:
         self._session = None
         leftovers = self._terminate_all(grace=max(5.0, self.stop_timeout / 3))
         self.processes.clear()
+        self.remove_runtime_files()
         busy = [p for p in (self.fed_learn_port, self.admin_port) if p and port_in_use(p)]
         msg = f"stopped all participants; ports {self.fed_learn_port}/{self.admin_port} "
         self._log(msg + ("still in use: " + str(busy) if busy else "free") +
                   (f" ({leftovers} processes had to be killed)" if leftovers else ""))
+
+    def remove_runtime_files(self) -> list[Path]:
+        """Remove what the running participants created (:data:`RUNTIME_DIRS`, :data:`RUNTIME_FILES` in the kits);
+        return the paths. Only after every process is stopped; nothing else in the workspace is touched."""
+        removed = []
+        if not (self.workspace / POC_MARKER).is_file():
+            return removed
+        for name in RUNTIME_DIRS:
+            path = self.workspace / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        if self.prod_dir is not None:
+            for name in RUNTIME_FILES:
+                for path in self.prod_dir.glob(f"*/{name}"):
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
 
     def _server_up(self) -> bool:
         server = self.processes.get(self.host)
@@ -338,15 +390,7 @@ class PocDeployment:
             with contextlib.suppress(psutil.Error, TypeError):
                 if p.pid != os.getpid() and any(marker in arg for arg in p.info["cmdline"] or ()):
                     procs[p.pid] = p
-        alive = [p for p in procs.values() if _running(p)]
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, alive = psutil.wait_procs(alive, timeout=grace)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(alive, timeout=5)
+        alive = terminate_then_kill([p for p in procs.values() if _running(p)], grace)
         for popen in self.processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(timeout=1)

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from data_prep.common import own_folder  # noqa: E402
 from jobs.console import add_console_options, sim_log_config, tracking_config  # noqa: E402
 from src.comm.options import add_quantize_options, check_quantize  # noqa: E402
 from src.config.base import LearnerConfig  # noqa: E402
@@ -54,6 +55,7 @@ EXPORT_MARKER = ".fl_job_export"
 #: file written into every run folder (options, status); only a folder holding it is replaced with --overwrite
 RUN_MARKER = "run.json"
 STAGING = ".staging"
+RUNNER_SYNC_TIMEOUT_S = 300.0
 #: seconds the processes of a stopped job get between SIGTERM and SIGKILL
 STOP_GRACE_S = 10.0
 TRACKING_CHOICES = {
@@ -190,7 +192,7 @@ def stage_project(recipe, learner: type, config: LearnerConfig, root: Path | Non
     The staging folder (under ``root``, default the system temp folder) is returned; :func:`execute` removes it.
     """
     if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
+        own_folder(root, "jobs staging")
         clean_stale_staging(root)
     staging = Path(tempfile.mkdtemp(prefix=f"fl-job-{os.getpid()}-", dir=root))
     staged = {
@@ -225,7 +227,7 @@ def initial_checkpoint(model, args, tag: str = "") -> str:
     import torch
 
     path = INITIAL_MODELS / f"{args.name}_seed{args.seed}{tag}_initial.pt"
-    (ROOT / path).parent.mkdir(parents=True, exist_ok=True)
+    own_folder((ROOT / path).parent, "jobs initial checkpoints")
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ROOT / path)
     return str(path)
 
@@ -316,6 +318,9 @@ def add_standard_components(recipe, args) -> None:
             add_cross_site_evaluation(recipe)
     # the 2 s default between task requests dominates short rounds on a laptop
     recipe.add_server_config({"server": {"task_request_interval": 0.1}})
+    # a site's job process waits at most 60 s (NVFlare's default) for the server's job process to come up, then
+    # fails the job; on a loaded machine (a POC on 2 shared cores) the server's can take longer to start
+    recipe.add_client_config({"max_runner_sync_timeout": RUNNER_SYNC_TIMEOUT_S})
     add_receiving_ends(recipe, args)
     add_privacy_filter(recipe, args)
 
@@ -483,15 +488,10 @@ def stop_descendants(grace: float = STOP_GRACE_S, keep: frozenset[int] = frozens
     """
     import psutil
 
+    from deploy.processes import terminate_then_kill
+
     procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in keep]
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=5)
+    terminate_then_kill(procs, grace)
     return [p.pid for p in procs]
 
 
@@ -573,10 +573,27 @@ def _simulate(recipe, args) -> Path:
         raise RuntimeError(f"{e}" + (f"\nserver: {reason}" if reason else "")) from None
     finally:
         os.environ.pop(SITE_STATE_ENV, None)
+    extra = {}
     if point is not None:
         continue_curves(point["server_dir"], result)
-    write_run_status(folder, args, "completed", result=str(result))
+        extra["mlflow_runs"] = continue_mlflow_curves(point, args)
+    write_run_status(folder, args, "completed", result=str(result), **extra)
     return result
+
+
+def continue_mlflow_curves(point: dict, args) -> dict[str, str]:
+    """The resumed run's MLflow site runs continue the earlier run's curves (``continue_site_runs``); returns
+    ``{site: run id}`` (empty without MLflow tracking or without the project store)."""
+    from jobs.console import tracking_uri_of, uses_project_store
+    from src.reporting.mlflow_results import continue_site_runs
+
+    old_options = json.loads((point["folder"] / RUN_MARKER).read_text()).get("options", {})
+    old_launch = old_options.get("launch")
+    if args.tracking not in ("mlflow", "both") or not uses_project_store(args) or not old_launch:
+        return {}
+    old_uri = tracking_uri_of(argparse.Namespace(**{**vars(args), **old_options}))
+    return continue_site_runs(tracking_uri_of(args), args.name, old_launch, args.launch, point["rounds_done"],
+                              old_tracking_uri=old_uri)
 
 
 def continue_curves(previous_server: Path, result: Path) -> None:

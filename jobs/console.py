@@ -95,7 +95,9 @@ def ensure_experiment(uri: str, name: str) -> None:
     from mlflow.tracking import MlflowClient
 
     db = Path(uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
+    from data_prep.common import own_folder
+
+    own_folder(db.parent, "jobs MLflow project store")
     client = MlflowClient(tracking_uri=uri)
     if client.get_experiment_by_name(name) is None:
         client.create_experiment(name, artifact_location=(db.parent / "artifacts" / name).as_uri(),

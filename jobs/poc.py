@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from data_prep.common import own_folder
 from deploy.poc import parse_site_env, run_job
 from jobs.common import sites_of
 
@@ -25,6 +26,7 @@ def submit_to_poc(recipe, args) -> Path:
     """
     workspace = Path(args.workspace).resolve()
     site_env = parse_site_env(getattr(args, "site_env", None) or [])
+    own_folder(workspace / "poc-results", "jobs poc results")
     staging = Path(tempfile.mkdtemp(prefix="fl-poc-job-"))
     try:
         recipe.export(str(staging))

@@ -54,7 +54,9 @@ def submit_to_prod(recipe, args) -> Path:
     target = Path(args.workspace).resolve() / "prod-results" / job_id
     if target.exists():
         shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    from data_prep.common import own_folder
+
+    own_folder(target.parent, "jobs prod results")
     shutil.move(str(downloaded), str(target))
     print(f"job {job_id} ended {status}; result in {target}")
     if status != COMPLETED:

@@ -254,6 +254,13 @@ class ControllerRecipe(FedAvgRecipe):
         self.controller_args = {**dict(site_policy or {}), **dict(controller_args or {})}
         kwargs.setdefault("aggregator", FedAvgAggregator())
         super().__init__(**kwargs)
+        # NVFlare's deployment policy (meta.json ``min_clients``) aborts a POC / production job as soon as fewer
+        # sites are alive than it says; the recipe puts every site there, so a dead site would abort the job before
+        # the controller could carry on without it. With min_clients K the job may run on with K live sites.
+        policy_min = self.controller_args.get("min_clients") or 0
+        job_config = getattr(getattr(self, "_job", None), "job", None)
+        if policy_min and job_config is not None and hasattr(job_config, "min_clients"):
+            job_config.min_clients = min(job_config.min_clients, policy_min)
 
     def _create_controller(self, persistor_id: str, model_params, model_aggregator) -> FederatedFedAvg:
         # the one place that mirrors FedAvgRecipe._create_controller (nvflare 2.9), with the class swapped

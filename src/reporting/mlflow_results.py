@@ -17,7 +17,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-__all__ = ["publish_results", "relocate_artifacts", "tracking_uri", "RESULTS_RUN_SUFFIX"]
+__all__ = ["publish_results", "relocate_artifacts", "tracking_uri", "continue_site_runs", "RESULTS_RUN_SUFFIX"]
 
 RESULTS_RUN_SUFFIX = "-results"
 ARTIFACT_DIR = "artifacts"  # the receiver's default artifact_location, relative to the server's run folder
@@ -73,6 +73,60 @@ def _site_of(run, job: str, launch: str) -> str | None:
     name = run.data.tags.get("run_name") or run.info.run_name or ""
     suffix = f"-{run.data.tags.get('job_id', '')[:6]}-{job}-{launch}"
     return name[: -len(suffix)] if name.endswith(suffix) else None
+
+
+def _site_runs(client, job: str, launch: str) -> dict:
+    """``{site: run}`` of the receiver-made site runs of one launch of ``job`` (deleted ones included)."""
+    from mlflow.entities import ViewType
+
+    experiment = client.get_experiment_by_name(job)
+    if experiment is None:
+        return {}
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.launch = '{launch}'",
+                              run_view_type=ViewType.ALL)
+    out = {}
+    for run in runs:
+        if run.data.tags.get("role") == "results":
+            continue
+        site = run.data.tags.get("site") or _site_of(run, job, launch)
+        if site:
+            out[site] = run
+    return out
+
+
+def continue_site_runs(tracking_uri: str, job: str, old_launch: str, new_launch: str, start_round: int,
+                       old_tracking_uri: str | None = None) -> dict[str, str]:
+    """Make each site's run of a resumed launch carry the whole curve: copy the resumed-from launch's points of
+    rounds ``< start_round`` into it, then delete (MLflow's soft delete, ``restore_run`` undoes it) the earlier run.
+
+    Points of rounds ``>= start_round`` of the earlier run (a round it did not finish) are not copied: the resumed
+    run ran those rounds again. Returns ``{site: run id}`` of the continued runs. The earlier run gets the tag
+    ``continued_in``, the continued run ``resumed_from_run``.
+    """
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    new_client = MlflowClient(tracking_uri=tracking_uri)
+    old_client = MlflowClient(tracking_uri=old_tracking_uri or tracking_uri)
+    new_runs = _site_runs(new_client, job, new_launch)
+    old_runs = _site_runs(old_client, job, old_launch)
+    continued = {}
+    for site, new in sorted(new_runs.items()):
+        old = old_runs.get(site)
+        if old is None:
+            continue
+        points = []
+        for key in old.data.metrics:
+            points += [Metric(m.key, m.value, m.timestamp, m.step)
+                       for m in old_client.get_metric_history(old.info.run_id, key) if m.step < start_round]
+        for i in range(0, len(points), 1000):  # MLflow's log_batch limit
+            new_client.log_batch(new.info.run_id, metrics=points[i:i + 1000])
+        new_client.set_tag(new.info.run_id, "resumed_from_run", old.info.run_id)
+        old_client.set_tag(old.info.run_id, "continued_in", new.info.run_id)
+        if old.info.lifecycle_stage == "active":
+            old_client.delete_run(old.info.run_id)
+        continued[site] = new.info.run_id
+    return continued
 
 
 def _log_params(client, run_id: str, params: dict) -> None:
