@@ -54,10 +54,17 @@ def test_compare_paired_averages_seeds_per_volume_and_decides():
     clear = compare_paired({("A", f"c{i}", 0): 0.8 for i in range(6)}, {("A", f"c{i}", 0): 0.5 for i in range(6)})
     assert clear.verdict == "yes" and clear.p_sign == pytest.approx(2 / 64)
     # lower-is-better metrics flip the sign: a smaller HD95 is the better method
-    hd = compare_paired({("A", "c", 0): 3.0, ("A", "d", 0): 2.0}, {("A", "c", 0): 5.0, ("A", "d", 0): 4.0},
-                        higher_is_better=False)
+    cases = [f"c{i}" for i in range(6)]
+    hd = compare_paired({("A", c, 0): 3.0 for c in cases}, {("A", c, 0): 5.0 for c in cases}, higher_is_better=False)
     assert hd.mean_diff == pytest.approx(2.0) and hd.verdict == "yes"
-    assert compare_paired({("A", "c", 0): 0.1}, {("A", "c", 0): 0.9}).verdict == "no"
+    assert compare_paired({("A", c, 0): 0.1 for c in cases}, {("A", c, 0): 0.9 for c in cases}).verdict == "no"
+    # the interval alone is not enough: 2 of 2 volumes agree (interval clear of 0) but sign-test p = 0.5
+    two = compare_paired({("A", "c", 0): 3.0, ("A", "d", 0): 2.0}, {("A", "c", 0): 5.0, ("A", "d", 0): 4.0})
+    assert two.ci_high < 0 and two.p_sign == pytest.approx(0.5) and two.verdict == "within noise"
+    # a mean pulled by a few volumes: interval clear of 0, 12 wins / 8 losses, p = 0.50 -> within noise
+    skew = {("A", f"v{i}", 0): (0.3 if i < 12 else -0.05) for i in range(20)}
+    pulled = compare_paired(skew, {k: 0.0 for k in skew})
+    assert pulled.ci_low > 0 and pulled.p_sign == pytest.approx(0.5034, abs=1e-4) and pulled.verdict == "within noise"
     with pytest.raises(ValueError, match="no paired volumes"):
         compare_paired({("A", "c", 0): 1.0}, {("B", "c", 0): 1.0})
 
