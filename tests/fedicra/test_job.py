@@ -1,7 +1,7 @@
 """The FedICRA job: export-and-inspect, option rules, and two-round simulator runs of both tasks (tiny data).
 
-The FAZ run goes through ``jobs/fedicra.py --env sim`` (default suite, marker ``sim``, ~3 min on a loaded 2-core
-machine); the ODOC run exports the job and runs the plain ``nvflare simulator`` on it (``slow``).
+The FAZ run goes through ``jobs/fedicra.py --env sim`` (``slow``: 1-3 min on a loaded 2-core machine); the ODOC run
+exports the job and runs the plain ``nvflare simulator`` on it (``slow``).
 """
 
 import json
@@ -94,6 +94,8 @@ def _check_run(workspace: Path):
 
 
 @pytest.mark.sim
+@pytest.mark.slow  # 52-180 s; default-suite cover: exports of both tasks, option rules, bad data (above) and
+# tests/fedicra/test_learner.py (channel selection never sent, state survives a round and a restart, in process)
 def test_simulator_two_rounds_faz(tiny_fedicra, tmp_path):
     ws = tmp_path / "ws"
     assert load_job("fedicra").main(_args(tiny_fedicra, "faz", "--num-rounds", "2", "--workspace", str(ws),

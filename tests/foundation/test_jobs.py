@@ -121,6 +121,7 @@ def test_prostate_simulator_run_fills_both_dashboards(prostate_data, tmp_path):
 
 
 @pytest.mark.sim
+@pytest.mark.slow  # 74-241 s (4 rounds x 5 epochs, 3 sites); the default suite keeps the 2-site simulator runs above
 def test_prostate_dice_rises_over_a_longer_run(tmp_path):
     from data_prep.msd_prostate import convert
     from data_prep.synthetic.msd_prostate import generate
