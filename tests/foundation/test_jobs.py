@@ -24,9 +24,16 @@ def test_help_lists_the_common_options(job):
 
 
 def _export(job, tmp_path, *extra):
+    """Export through the job script's ``main`` in this process, from another working directory (a subprocess
+    costs a fresh torch/MONAI/NVFlare import, 15-150 s on the loaded machine; the script as a script is covered by
+    test_help_lists_the_common_options and tests/newcomer/test_preflight.py)."""
+    import contextlib
+
+    from tests.helpers import load_job
+
     out = tmp_path / "job"
-    subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--env", "export", "--export-dir", str(out),
-                    "--n-clients", "2", *extra], check=True, capture_output=True, cwd=tmp_path)
+    with contextlib.chdir(tmp_path):
+        assert load_job(job).main(["--env", "export", "--export-dir", str(out), "--n-clients", "2", *extra]) == 0
     return out
 
 
