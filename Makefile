@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all data data-all data-mednist mednist iopfl-data notebooks lint bench bench-science iopfl-compare report poc browser-check clean help
+.PHONY: demo test test-all data data-all data-mednist mednist iopfl-data notebooks lint bench bench-science bench-quantize iopfl-compare report poc browser-check clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -71,6 +71,9 @@ bench-science: $(STAMP)  ## per-step cost of the FedICRA, FedMRI and cooperative
 	$(PY) -u benchmarks/fedicra_step.py
 	$(PY) -u benchmarks/fedmri_step.py
 	$(PY) -u benchmarks/cooptrain_step.py
+
+bench-quantize: $(STAMP)  ## bytes on the wire and Dice of the prostate job with --quantize none/float16/adaquant, one run
+	$(PY) -u -m benchmarks.quantization
 
 iopfl-compare: $(STAMP)  ## IOP-FL vs FedAvg/FedProx/FedBN/local/centralised on synthetic six-site prostate (3 seeds)
 	$(PY) -u -m benchmarks.iopfl_compare

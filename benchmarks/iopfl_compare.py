@@ -33,6 +33,7 @@ from benchmarks.stats import Claim, write_comparison  # noqa: E402
 from data_prep.common import atomic_write_json  # noqa: E402
 from data_prep.multisite_prostate import RAW_SITES, site_id  # noqa: E402
 from src.aggregators.fedavg import weighted_average  # noqa: E402
+from src.comm.wire_report import tensor_bytes  # noqa: E402
 from src.config.iopfl import IOPFLConfig  # noqa: E402
 from src.data.datalist import load_site_datalist  # noqa: E402
 from src.inference.outside import evaluate_outside, load_stream  # noqa: E402
@@ -143,8 +144,11 @@ def run_federated(algorithm: str, sites, cfg_kwargs, rounds, init, out, tracker)
         print(f"[{algorithm}] round {r}/{rounds}: mean global val_dice {mean_val:.4f} ({seconds:.1f} s)", flush=True)
 
     train, start = {}, time.perf_counter()
+    sent = {"server_to_site": [], "site_to_server": []}  # computed bytes per site and round (see round_bytes)
     for r in range(1, rounds + 1):
+        sent["server_to_site"].append(tensor_bytes(global_state))
         results = {s: lr.fit_round(global_state, r) for s, lr in learners.items()}
+        sent["site_to_server"].append(float(np.mean([tensor_bytes(res.params) for res in results.values()])))
         if r > 1:  # the sites just scored the global model of round r - 1
             consider(r - 1, global_state, {s: res.received_metrics for s, res in results.items()}, train,
                      time.perf_counter() - start)
@@ -156,7 +160,7 @@ def run_federated(algorithm: str, sites, cfg_kwargs, rounds, init, out, tracker)
                  for s, res in results.items()}
     consider(rounds, global_state, {s: lr.evaluate(global_state, "validation") for s, lr in learners.items()},
              train, time.perf_counter() - start)
-    out_scores = {"best_round": best[1]}
+    out_scores = {"best_round": best[1], "_bytes": {d: float(np.mean(v)) for d, v in sent.items()}}
     for s, lr in learners.items():
         label = "site model" if algorithm == "fedbn" else "global"
         out_scores.setdefault(f"{label} (last)", {})[s] = _test(lr, global_state)
@@ -173,6 +177,11 @@ def run_federated(algorithm: str, sites, cfg_kwargs, rounds, init, out, tracker)
 
 #: federated runs of the comparison and the name of the global model each yields (IOP-FL's global is FedAvg's)
 FEDERATED_METHODS = {"iopfl": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN"}
+#: what one round costs per site and method, **computed** (not measured: these runs are in-process, no NVFlare):
+#: server -> site = raw tensor bytes of the global model the job's server would send; site -> server = raw bytes
+#: of the keys the site's learner shares (``shared_state``: FedBN keeps its norms). NVFlare's encoding adds about
+#: 1-2 % (see docs/communication.md); filled by :func:`run_federated_methods`
+ROUND_BYTES: dict[str, dict[str, float]] = {}
 
 
 def run_federated_methods(sites, cfg_kwargs, rounds, init, out, tracker,
@@ -186,6 +195,7 @@ def run_federated_methods(sites, cfg_kwargs, rounds, init, out, tracker,
     for algorithm in algorithms:
         res = run_federated(algorithm, sites, cfg_kwargs, rounds, init, out, tracker)
         states[algorithm] = res.pop("_states")
+        ROUND_BYTES[FEDERATED_METHODS[algorithm]] = res.pop("_bytes")
         res.pop("best_round")
         prefix = FEDERATED_METHODS[algorithm]
         for k, v in res.items():
@@ -245,6 +255,11 @@ def markdown(inside: dict, outside: dict, sites, ood: str, meta: dict) -> str:
                  for s in sites]
         mean = np.mean([per_site[s]["test_dice"] for s in sites])
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean:.3f} |")
+    if ROUND_BYTES:
+        lines += ["", "## What a round costs per site (computed from the tensor sizes, not measured: these runs are "
+                  "in-process, without NVFlare)", "", "| method | server -> site bytes | site -> server bytes |",
+                  "|---|---|---|"]
+        lines += [f"| {m} | {b['server_to_site']:,.0f} | {b['site_to_server']:,.0f} |" for m, b in ROUND_BYTES.items()]
     lines += ["", f"## Outside: held-out site {ood} (all its slices as one unlabelled stream)", "",
               "| method | 3-D Dice | HD95 | 2-D Dice (ref.) |", "|---|---|---|---|"]
     for method, m in outside.items():
@@ -373,6 +388,7 @@ def _write_results(args, argv, out: Path, rows, per_seed, data, sites, ood, test
     settings = {"num_rounds": args.rounds, "local_epochs": 1, "seeds": sorted(per_seed), "ood_test": ood,
                 "sites": sites, "features": args.features, "tta_passes": args.tta_passes, "test_volumes": test_cases,
                 "threads": args.threads, "wall_seconds": round(seconds, 1), "data": data,
+                "bytes_per_round_computed": dict(ROUND_BYTES),
                 "command": "python -m benchmarks.iopfl_compare " + " ".join(argv if argv is not None else sys.argv[1:])}
     meta = {"algorithm": "iopfl", "title": "IOP-FL: inside and outside personalisation (Jiang et al., TMI 2023)",
             "synthetic": data.get("source") == "synthetic", "settings": settings,

@@ -7,7 +7,9 @@ simulator with ``--privacy ...``; Dice is the sites' ``val_dice`` of the global 
 sites; that model has been through ``rounds - 1`` aggregations). Bytes: one real round-0 update of site-1 (its
 learner trained from the same initial model), passed through the filter outside NVFlare: the dense payload size
 (the filters zero entries but still send full arrays) and the fraction of entries that are non-zero (what a sparse
-encoding would carry). On synthetic data: shows the trade-off, not clinical performance.
+encoding would carry). Also per setting, measured in its run: the bytes of each site's result per round as NVFlare
+serialises it (``summary["wire_bytes"]``, see docs/communication.md). On synthetic data: shows the trade-off, not
+clinical performance.
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ def filtered_size(settings, diff: dict[str, np.ndarray], steps: int) -> tuple[in
     return sum(a.nbytes for a in arrays), float(sum(np.count_nonzero(a) for a in arrays) / max(total, 1))
 
 
+def _mean_bytes(wire: dict, direction: str) -> float:
+    values = [b for dirs in wire.values() for b in dirs.get(direction, [])]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def run(opts) -> list[dict]:
     from jobs.common import execute
     from jobs.prostate_fedavg import build_recipe
@@ -109,8 +116,12 @@ def run(opts) -> list[dict]:
         start = time.monotonic()
         summary = report(execute(build_recipe(args), args), "val_dice", quiet=True, publish=False)
         dice = [summary["rounds"][s]["val_dice"][-1] for s in sorted(summary["rounds"])]
+        wire = summary.get("wire_bytes") or {}
         rows.append({"filter": label, "parameters": settings.describe(), "val_dice": float(np.mean(dice)),
                      "val_dice_per_site": dice, "update_bytes": nbytes, "nonzero_fraction": nonzero,
+                     # measured in the run: NVFlare's serialisation of each site's result, mean per site and round
+                     "wire_bytes_site_to_server_per_round": _mean_bytes(wire, "result"),
+                     "wire_bytes_server_to_site_per_round": _mean_bytes(wire, "task"),
                      "seconds": time.monotonic() - start})
         print(f"{label:10s} {settings.describe():70s} Dice {np.mean(dice):.3f}  bytes {nbytes}  "
               f"non-zero {nonzero:.3f}", flush=True)
@@ -126,11 +137,13 @@ def run(opts) -> list[dict]:
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"Prostate FedAvg, {meta['sites']} sites, {meta['rounds']} rounds x {meta['local_epochs']} epochs, "
              f"seed {meta['seed']}, {meta['data']}; bytes of one site update ({meta['update_steps']} steps)", "",
-             "| filter | parameters | val_dice (last round, mean of sites) | update bytes (dense) | non-zero |",
-             "|---|---|---|---|---|"]
+             "| filter | parameters | val_dice (last round, mean of sites) | update bytes (dense) | non-zero | "
+             "site -> server bytes/round on the wire (measured) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['filter']} | {r['parameters']} | {r['val_dice']:.3f} | {r['update_bytes']:,} | "
-                     f"{r['nonzero_fraction']:.1%} |")
+                     f"{r['nonzero_fraction']:.1%} | "
+                     f"{r.get('wire_bytes_site_to_server_per_round', float('nan')):,.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from jobs.console import add_console_options, sim_log_config, tracking_config  # noqa: E402
+from src.comm.options import add_quantize_options, check_quantize  # noqa: E402
 from src.config.base import LearnerConfig  # noqa: E402
 from src.learners.client_api import STAGED_CONFIG  # noqa: E402
 from src.privacy.filters import add_privacy_filter, add_privacy_options  # noqa: E402
@@ -103,6 +104,7 @@ def job_parser(description: str, *, name: str, n_clients: int, num_rounds: int, 
     p.add_argument("--prod-timeout", type=float, default=0.0,
                    help="--env prod: seconds to wait for the job (0: until it ends); the job keeps running after")
     add_privacy_options(p)
+    add_quantize_options(p)
     add_console_options(p)
     return p
 
@@ -130,6 +132,10 @@ def parse_job_args(parser: argparse.ArgumentParser, argv=None, check=None) -> ar
     if args.run_id is not None and (not args.run_id or Path(args.run_id).name != args.run_id
                                     or args.run_id in (".", "..", "latest")):
         parser.error(f"--run-id must be a plain folder name, got {args.run_id!r}")
+    try:
+        check_quantize(getattr(args, "quantize", "none"))
+    except ValueError as e:
+        parser.error(str(e))
     if check is not None:
         check(args)
     saved, sys.argv = sys.argv, sys.argv[:1]
@@ -283,6 +289,7 @@ def build_job_recipe(args, build_model: Callable, learner: type, config: Learner
         add_standard_components(recipe, args)
         personal = learner.key_groups_of(model, config).personal
         exclude_personal_keys(recipe, [k for k in model.state_dict() if k in personal])
+        add_sending_ends(recipe, args)
     return recipe
 
 
@@ -309,7 +316,34 @@ def add_standard_components(recipe, args) -> None:
             add_cross_site_evaluation(recipe)
     # the 2 s default between task requests dominates short rounds on a laptop
     recipe.add_server_config({"server": {"task_request_interval": 0.1}})
+    add_receiving_ends(recipe, args)
     add_privacy_filter(recipe, args)
+
+
+def add_receiving_ends(recipe, args) -> None:
+    """Where a model arrives: the server counts each site's result as it came (``WireBytes``) and then
+    dequantizes it; a site dequantizes the global model first, before the privacy filter remembers it."""
+    from src.comm.options import RESULT_TASKS
+    from src.comm.wire import WireBytes
+
+    recipe.add_server_input_filter(WireBytes("result"), tasks=list(RESULT_TASKS))
+    if getattr(args, "quantize", "none") != "none":  # NVFlare's quantizer module loads bitsandbytes (seconds)
+        from src.comm.quantize import add_receiving_ends as dequantizers
+
+        dequantizers(recipe, args.quantize)
+
+
+def add_sending_ends(recipe, args) -> None:
+    """Where a model leaves, after every other filter: the sites' and the server's quantizer, then the server
+    counts each task as it goes to its site (``WireBytes``)."""
+    from src.comm.options import TASK_DATA_TASKS
+    from src.comm.wire import WireBytes
+
+    if getattr(args, "quantize", "none") != "none":
+        from src.comm.quantize import add_sending_ends as quantizers
+
+        quantizers(recipe, args.quantize)
+    recipe.add_server_output_filter(WireBytes("task"), tasks=list(TASK_DATA_TASKS))
 
 
 def execute(recipe, args) -> Path | None:

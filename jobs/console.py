@@ -127,7 +127,7 @@ def run_settings(args, **extra) -> dict:
         "env": args.env,
         "git_commit": _git_commit(),
     }
-    for key in ("lr", "batch_size", "ood_test", "alpha", "fedprox_mu"):
+    for key in ("lr", "batch_size", "ood_test", "alpha", "fedprox_mu", "quantize", "privacy"):
         if getattr(args, key, None) not in (None, ""):
             settings[key] = getattr(args, key)
     settings.update(extra)

@@ -11,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_MODULES = sorted(p for p in (ROOT / "src" / "aggregators").glob("*.py"))
+#: modules the server's job config instantiates besides the aggregators (wire counting, dequantization)
+SERVER_SIDE_COMPONENTS = sorted(p for p in (ROOT / "src" / "comm").glob("*.py"))
 CLIENT_PACKAGES = ("src.learners", "src.personalisation", "src.inference")
 
 
@@ -25,7 +27,7 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", SERVER_MODULES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SERVER_MODULES + SERVER_SIDE_COMPONENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_server_modules_do_not_import_client_code(path):
     bad = sorted(m for m in _imported_modules(path) if m.startswith(CLIENT_PACKAGES))
     assert not bad, f"{path.relative_to(ROOT)} imports client-side modules {bad}"

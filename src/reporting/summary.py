@@ -1,8 +1,10 @@
 """Turn a finished job's result folder into tables, a JSON/markdown summary and a learning-curve plot.
 
-Reads only what NVFlare itself writes on the server (``metrics/round_metrics.jsonl``,
-``cross_site_val/cross_val_results.json``, ``tb_events/``, ``mlflow.db``), so it works the same for a
-simulator workspace and for a result downloaded from a POC or production deployment.
+Reads only what the server writes (NVFlare's ``metrics/round_metrics.jsonl``,
+``cross_site_val/cross_val_results.json``, ``tb_events/``, ``mlflow.db``, and the bytes on the wire our
+:class:`~src.comm.wire.WireBytes` filter counts in ``metrics/wire_bytes.jsonl``), so it works the same for a
+simulator workspace and for a result downloaded from a POC or production deployment. ``summary.json`` holds
+``wire_bytes``: ``{site: {"task": [bytes per round], "result": [...]}}`` (server -> site, site -> server).
 """
 
 from __future__ import annotations
@@ -205,12 +207,17 @@ def report(result: str | Path, key_metric: str, quiet: bool = False, publish: bo
     parameters, to MLflow: the project store ``tracking_uri`` (runs of this ``launch``), else the job's own
     ``mlflow.db``.
     """
+    from src.comm.wire_report import load_wire_bytes, wire_summary, wire_table
+
     server_dir = find_server_dir(result)
     rounds, cross = load_round_metrics(server_dir), load_cross_site(server_dir)
+    wire = wire_summary(load_wire_bytes(server_dir))
     tables = format_tables(rounds, cross, key_metric)
     text = (format_settings(settings) + "\n" + tables) if settings else tables
+    if wire:
+        text += "\n\n" + wire_table(wire)
     summary = {"server_dir": str(server_dir), "key_metric": key_metric, "settings": settings or {},
-               "rounds": rounds, "cross_site": cross}
+               "rounds": rounds, "cross_site": cross, "wire_bytes": wire}
     (server_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (server_dir / "summary.md").write_text(text + "\n")
     if cross:
