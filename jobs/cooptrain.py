@@ -27,11 +27,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.common import build_job_recipe, common_config, execute, job_parser, parse_job_args  # noqa: E402
+from jobs.preflight import preflight  # noqa: E402
 from src.config.cooptrain import ALGORITHMS, CoopTrainConfig  # noqa: E402
 
 MODES = ("federated", "centralised", "loso")
 CENTRAL_SITE = "central"
 POOLED_DIR = "pooled"
+PREPARE = (".venv/bin/python -m data_prep.acdc generate && .venv/bin/python -m data_prep.acdc convert && "
+           ".venv/bin/python -m data_prep.mnms generate && .venv/bin/python -m data_prep.mnms convert && "
+           ".venv/bin/python -m data_prep.cooptrain --train-subjects 10")
 
 
 def discover_sites(datalist_dir: str | Path) -> list[str]:
@@ -40,7 +44,12 @@ def discover_sites(datalist_dir: str | Path) -> list[str]:
     return sorted(names, key=lambda s: (s != "acdc", s))
 
 
-def parse_args(argv=None):
+def _check(args) -> None:
+    """Pre-flight (before any heavy import): the sites named or, without ``--sites``, every datalist present."""
+    preflight(args, PREPARE, sites=args.sites or discover_sites(args.datalist_dir))
+
+
+def parse_args(argv=None, check: bool = False):
     p = job_parser(__doc__, name="cooptrain", n_clients=4, num_rounds=3, local_epochs=1,
                    data_root=CoopTrainConfig.data_root, datalist_dir=CoopTrainConfig.datalist_dir)
     d = CoopTrainConfig
@@ -60,7 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--base-channels", type=int, default=d.base_channels)
     p.add_argument("--code-channels", type=int, default=d.code_channels)
     p.add_argument("--no-augment", action="store_true", help="no random affine augmentation")
-    args = parse_job_args(p, argv)
+    args = parse_job_args(p, argv, check=_check if check else None)
     if args.sites is None:
         args.sites = discover_sites(args.datalist_dir)
         if not args.sites:
@@ -80,7 +89,10 @@ def parse_args(argv=None):
 
 
 def check_sites(args) -> None:
-    """Load and check every site's datalist and files now, before any process starts (errors name the file)."""
+    """Load and check every site's datalist and files now, before any process starts (errors name the file).
+
+    The deep check after the pre-flight (which only opens each site's first files, without torch): every case's
+    ED/ES frames, label values and dimensions."""
     from src.data.cardiac import check_cardiac_datalist
     from src.data.datalist import load_site_datalist
 
@@ -120,9 +132,9 @@ def build_recipe(args):
 
 
 def main(argv=None) -> int:
-    from src.data.validation import DataValidationError
+    args = parse_args(argv, check=True)
+    from src.data.validation import DataValidationError  # after the options: --help imports nothing heavy
 
-    args = parse_args(argv)
     try:
         check_sites(args)
     except DataValidationError as e:

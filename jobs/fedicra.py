@@ -23,12 +23,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.common import ROOT, build_job_recipe, common_config, execute, job_parser, parse_job_args  # noqa: E402
+from jobs.preflight import preflight  # noqa: E402
 from src.config.fedicra import ALGORITHMS, TASKS, FedICRAConfig  # noqa: E402
 from src.data.fedicra import LABEL_FORMS  # noqa: E402
 
 DATA = {"faz": ("data/fedicra/FAZ_h5", "datalists/fedicra_faz"), "odoc": ("data/fedicra/ODOC_h5",
                                                                           "datalists/fedicra_odoc")}
 POOLED = "pooled"
+
+
+def prepare_command(task: str) -> str:
+    """What to run to make ``task``'s data (shown when the pre-flight fails)."""
+    return (f".venv/bin/python -m data_prep.fedicra generate --out data/fedicra --size 64 && "
+            f".venv/bin/python -m data_prep.fedicra convert --task {task} --data-root {DATA[task][0]}")
+
+
+def _task_defaults(args) -> None:
+    """The task's data root and datalist folder where the options leave them unset; the federation's sites."""
+    data_root, datalist_dir = DATA[args.task]
+    args.data_root = args.data_root or data_root
+    args.datalist_dir = args.datalist_dir or datalist_dir
+    args.federation_sites = args.sites or [f"site-{i}" for i in range(1, args.n_clients + 1)]
+
+
+def _check(args) -> None:
+    """Pre-flight of every federation site (``centralised`` too: the pooled list is made from them)."""
+    _task_defaults(args)
+    preflight(args, prepare_command(args.task), sites=args.federation_sites)
 
 
 def parse_label_forms(values: list[str], sites: list[str]) -> dict[str, str]:
@@ -42,7 +63,7 @@ def parse_label_forms(values: list[str], sites: list[str]) -> dict[str, str]:
     return forms
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, check: bool = False):
     p = job_parser(__doc__, name="fedicra", n_clients=5, num_rounds=3, local_epochs=1, data_root=None,
                    datalist_dir=None)
     p.add_argument("--task", choices=TASKS, default="faz")
@@ -60,11 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--mixing-max-first-epochs", type=int, default=d.mixing_max_first_epochs)
     p.add_argument("--fedprox-mu", type=float, default=d.fedprox_mu)
     p.add_argument("--no-augment", action="store_true", help="switch the training augmentation off")
-    args = parse_job_args(p, argv)
-    data_root, datalist_dir = DATA[args.task]
-    args.data_root = args.data_root or data_root
-    args.datalist_dir = args.datalist_dir or datalist_dir
-    args.federation_sites = args.sites or [f"site-{i}" for i in range(1, args.n_clients + 1)]
+    args = parse_job_args(p, argv, check=_check if check else None)
+    _task_defaults(args)
     args.sites = [POOLED] if args.algorithm == "centralised" else list(args.federation_sites)
     try:
         args.label_forms = parse_label_forms(args.label_form, args.sites)
@@ -118,8 +136,15 @@ def build_recipe(args, check_data: bool = True):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    result = execute(build_recipe(args, check_data=args.env != "export"), args)
+    args = parse_args(argv, check=True)
+    from src.data.validation import DataValidationError  # after the options: --help imports nothing heavy
+
+    try:
+        recipe = build_recipe(args, check_data=args.env != "export")
+    except DataValidationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = execute(recipe, args)
     if result is not None:
         from jobs.console import finish
 

@@ -25,11 +25,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.common import build_job_recipe, common_config, execute, job_parser, parse_job_args  # noqa: E402
+from jobs.preflight import preflight  # noqa: E402
 from src.config.fedmri import ALGORITHMS, NEGATIVE_CHOICES, FedMRIConfig  # noqa: E402
-from src.transforms.kspace_masks import MASK_TYPES  # noqa: E402
+from src.transforms.mask_specs import MASK_TYPES  # noqa: E402
+
+PREPARE = (".venv/bin/python -m data_prep.fedmri generate && "
+           ".venv/bin/python -m data_prep.fedmri convert --crop site-4=192")
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, check: bool = False):
     p = job_parser(__doc__, name="fedmri", n_clients=4, num_rounds=3, local_epochs=1,
                    data_root=FedMRIConfig.data_root, datalist_dir=FedMRIConfig.datalist_dir)
     p.add_argument("--algorithm", choices=ALGORITHMS, default="fedmri", help="method the sites run")
@@ -48,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--max-slices-per-volume", type=int, default=None, help="slice cap per volume (cheap runs)")
     p.add_argument("--mask", action="append", default=[], metavar="SITE=TYPE:ACC:CENTRE:SEED",
                    help=f"a site's fixed mask, TYPE one of {MASK_TYPES} (default: the paper's four sites)")
-    args = parse_job_args(p, argv)
+    args = parse_job_args(p, argv, check=(lambda a: preflight(a, PREPARE)) if check else None)
     try:
         args.masks = parse_masks(args.mask)
     except ValueError as e:
@@ -84,7 +88,8 @@ def build_config(args) -> FedMRIConfig:
 
 def check_site_data(args, config: FedMRIConfig) -> None:
     """Bad input fails here, before the job starts: every site's datalist and files (``kspace`` present, complex,
-    3-D, finite), and a mask for every site."""
+    3-D, finite), and a mask for every site (the deep check after the pre-flight, which opens only each site's
+    first file and needs no torch)."""
     from jobs.common import sites_of
     from src.data.datalist import load_site_datalist
     from src.transforms.kspace_slices import check_kspace_file
@@ -116,9 +121,15 @@ def build_recipe(args):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, check=True)
+    from src.data.validation import DataValidationError  # after the options: --help imports nothing heavy
+
     if args.env == "sim":  # the simulator's sites read this machine's files; POC/real sites check their own
-        check_site_data(args, build_config(args))
+        try:
+            check_site_data(args, build_config(args))
+        except (DataValidationError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     result = execute(build_recipe(args), args)
     if result is not None:
         from jobs.console import finish

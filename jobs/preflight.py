@@ -52,6 +52,8 @@ def check_data(data_root: str | Path, datalist_dir: str | Path, sites: list[str]
     if not datalist_dir.is_dir():
         raise PreflightError(f"datalist folder {str(datalist_dir)!r} does not exist")
     present = sorted(p.stem for p in datalist_dir.glob("*.json"))
+    if not sites:
+        raise PreflightError(f"no site datalists (<site>.json) in {str(datalist_dir)!r}")
     missing = [s for s in sites if s not in present]
     if missing:
         raise PreflightError(f"no datalist for site(s) {', '.join(missing)} in {str(datalist_dir)!r}; "
@@ -82,10 +84,13 @@ def preflight(args, prepare: str, sites: list[str] | None = None) -> dict[str, i
     Args:
         args: the parsed job options (``data_root``, ``datalist_dir``, ``sites``/``n_clients``, ``env``).
         prepare: the command that makes the data, shown when the check fails.
+        sites: the sites to check (default: ``--sites`` or ``site-1 .. site-N``); an empty list (a job that
+            found no datalists to take its sites from) fails with "no site datalists".
     """
     if args.env == "export" or (args.env == "poc" and getattr(args, "site_env", None)):
         return None
-    sites = sites or args.sites or [f"site-{i}" for i in range(1, args.n_clients + 1)]
+    if sites is None:
+        sites = args.sites or [f"site-{i}" for i in range(1, args.n_clients + 1)]
     try:
         return check_data(args.data_root, args.datalist_dir, sites)
     except PreflightError as e:

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from src.config.base import LearnerConfig
-from src.learners.cooperative_step import HARD_EXAMPLE_BN
 
-__all__ = ["ALGORITHMS", "CoopTrainConfig"]
+__all__ = ["ALGORITHMS", "HARD_EXAMPLE_BN", "CoopTrainConfig"]
 
 #: fedavg: all five parts averaged; fedbn: BatchNorm stays on the site; share-anatomy: the image decoder stays
 ALGORITHMS = ("fedavg", "fedbn", "share-anatomy")
+#: ``hard_example_bn`` values: parts whose BN is frozen on the hard-example passes (here, not in
+#: ``src.learners.cooperative_step``, so that the job's ``--help`` imports no torch)
+HARD_EXAMPLE_BN = ("reference", "all", "none")
 
 
 @dataclass

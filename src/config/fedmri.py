@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from src.config.base import LearnerConfig
-from src.transforms.kspace_masks import FEDMRI_SITE_MASKS, MASK_TYPES
+from src.transforms.mask_specs import FEDMRI_SITE_MASKS, MASK_TYPES
 
 ALGORITHMS = ("fedmri", "fedavg", "fedbn", "fedprox", "lg-fedavg", "local")
 NEGATIVE_CHOICES = ("exact", "linear")

@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from src.data.validation import DataValidationError
+
+if TYPE_CHECKING:  # numpy is imported where it is used: a job's --help and pre-flight need none
+    import numpy as np
 
 __all__ = [
     "SPARSE_FORMS",
@@ -65,6 +67,7 @@ def read_h5(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def read_png(path: Path, field: str, modes: Sequence[str]) -> np.ndarray:
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -83,6 +86,8 @@ def load_item(entry: Mapping, data_root: str | os.PathLike | None = None) -> dic
     ``entry`` has paths relative to ``data_root`` or already absolute (as ``load_decathlon_datalist`` returns
     them). Other keys pass through, so this can be the first callable of a MONAI ``Compose``.
     """
+    import numpy as np
+
     fmt = entry.get("format")
     if fmt not in ("h5", "png"):
         raise DataValidationError(f"format: entry {entry.get('case_id')!r} has format {fmt!r}, expected h5 or png")
@@ -121,6 +126,8 @@ def check_item(entry: Mapping, num_classes: int, in_channels: int, sparse: bool,
     """Fail before training on an unusable entry, naming the file: unreadable, missing label dataset/file, wrong
     channel count, image/label size mismatch, label values outside ``{0..C-1}`` (plus ``C`` = ignore if sparse),
     or a sparse map without one annotated pixel."""
+    import numpy as np
+
     if entry.get("format") == "png" and not Path(entry["label"]).is_file():
         raise DataValidationError(f"{where}: label {entry.get('label_key')!r}: {str(entry['label'])!r} is missing")
     try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where it is used: a job's --help and pre-flight need none
+    import numpy as np
 
 __all__ = [
     "DataValidationError",
@@ -41,6 +43,7 @@ def check_inside_root(relative: str, data_root: str | os.PathLike, field: str) -
 def load_nifti(path: str | os.PathLike, field: str = "image"):
     """Load a NIfTI file fully (catching truncation now, not mid-training); return (array, affine, zooms)."""
     import nibabel as nib
+    import numpy as np
 
     path = Path(path)
     if not path.is_file():
@@ -57,6 +60,8 @@ def load_nifti(path: str | os.PathLike, field: str = "image"):
 
 def check_label_values(label: np.ndarray, allowed: Sequence[int], path: str | os.PathLike) -> None:
     """Raise if ``label`` holds values outside ``allowed``, naming the file and the offending values."""
+    import numpy as np
+
     values = np.unique(label)
     bad = sorted(set(values.tolist()) - set(allowed))
     if bad:
@@ -79,6 +84,8 @@ def check_same_grid(
     A label with a shifted or flipped affine lies elsewhere in the patient than its image, even when the arrays
     have the same shape; training on it teaches the wrong anatomy, so it is rejected, never resampled.
     """
+    import numpy as np
+
     if tuple(image_shape) != tuple(label_shape):
         raise DataValidationError(
             f"label: {str(label_path)!r} shape {tuple(label_shape)} does not match image {str(image_path)!r} "

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from src.config.cooptrain import HARD_EXAMPLE_BN
 from src.losses.latent_masking import MASK_SCHEMES, image_mse, mask_latent_code, pixel_cross_entropy
 from src.models.cooperative_net import CooperativeNet
 from src.models.freezable_batchnorm import frozen_batchnorm, frozen_parameters
@@ -57,8 +58,6 @@ __all__ = [
     "standard_losses",
 ]
 
-#: ``hard_example_bn`` values: parts whose BN is frozen on the hard-example passes
-HARD_EXAMPLE_BN = ("reference", "all", "none")
 _FROZEN_ON_HARD = {
     "reference": ("encoder", "code_filter", "segmentation_decoder", "stn"),
     "all": ("encoder", "code_filter", "image_decoder", "segmentation_decoder", "stn"),

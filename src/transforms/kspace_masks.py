@@ -36,12 +36,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from monai.apps.reconstruction.transforms.array import EquispacedKspaceMask
 from torch import Tensor
+
+from src.transforms.mask_specs import (
+    ACCELERATION_RTOL,
+    CENTER_FRACTION_ATOL,
+    FEDMRI_SITE_MASKS,
+    MASK_TYPES,
+    SiteMaskSpec,
+)
 
 __all__ = [
     "MASK_TYPES",
@@ -54,31 +61,6 @@ __all__ = [
     "measure_acceleration",
     "measure_center_fraction",
 ]
-
-MASK_TYPES = ("equispaced", "random", "radial", "random2d")
-ACCELERATION_RTOL = {"equispaced": 0.06, "random": 0.02, "radial": 0.035, "random2d": 0.005}
-CENTER_FRACTION_ATOL = 0.02
-
-
-@dataclass(frozen=True)
-class SiteMaskSpec:
-    """One site's fixed mask: type, acceleration, centre fraction and seed."""
-
-    mask_type: str
-    acceleration: float
-    center_fraction: float
-    seed: int
-
-
-# The paper's main setting (figure); centre fractions are not reported: 0.08 for 1-D (fastMRI's value at 4x) and
-# 0.04 / 0.08 for the 2-D masks are our choice. Seeds are fixed per site so every run uses the same masks.
-FEDMRI_SITE_MASKS: tuple[SiteMaskSpec, ...] = (
-    SiteMaskSpec("equispaced", 3.0, 0.08, seed=42),  # fastMRI: 1-D uniform 3x
-    SiteMaskSpec("random", 5.0, 0.08, seed=43),  # BraTS: 1-D Cartesian random 5x
-    SiteMaskSpec("radial", 4.0, 0.04, seed=44),  # SMS: 2-D radial 4x
-    SiteMaskSpec("random2d", 6.0, 0.08, seed=45),  # uMR: 2-D random 6x
-)
-
 
 def _check_args(mask_type: str, shape: Sequence[int], acceleration: float, center_fraction: float) -> tuple[int, int]:
     if mask_type not in MASK_TYPES:

@@ -11,14 +11,7 @@ from nvflare.app_common.workflows.fedavg import FedAvg
 from src.aggregators.controller import ControllerRecipe, FederatedFedAvg
 from src.aggregators.fedavg import FedAvgAggregator
 from src.protocol import PHASE_KEY, unpack_payload
-
-
-class WithExtras(FederatedFedAvg):
-    def round_extras(self, model):
-        return {"scale": np.array(2.0)}
-
-    def site_extras(self, site, model):
-        return {"anchor": np.full(2, float(site[-1]))} if site != "site-3" else {}
+from tests.aggregators.extras_controller import WithExtras
 
 
 def _capture(monkeypatch):
@@ -58,13 +51,18 @@ def test_without_extras_one_broadcast_and_phases_pass_through(monkeypatch):
 def test_recipe_takes_the_controller_class_and_a_checked_aggregator(tmp_path):
     script = tmp_path / "client.py"
     script.write_text("")
-    recipe = ControllerRecipe(controller_class=WithExtras, name="x", model=torch.nn.Linear(1, 1), min_clients=1,
+    from src.models.unet2d import UNet2D
+
+    # a model class of the project, as the jobs use: NVFlare's export copies the module of the model's class and
+    # every module it imports, so torch.nn.Linear put torch, sympy, IPython ... (48 MB) into custom/ (~140 s)
+    recipe = ControllerRecipe(controller_class=WithExtras, name="x", model=UNet2D(features=(2, 4)), min_clients=1,
                               num_rounds=1, train_script=str(script))
     recipe.export(str(tmp_path / "job"))
     server = json.loads(next((tmp_path / "job").rglob("config_fed_server.json")).read_text())
     controller = server["workflows"][0]
     assert controller["path"].endswith("WithExtras")
     assert controller["args"]["aggregator"]["path"].endswith("FedAvgAggregator")
+    assert not (tmp_path / "job" / "x" / "app" / "custom" / "torch").exists()  # the export stays small
     with pytest.raises(TypeError, match="FederatedFedAvg subclass"):
         ControllerRecipe(controller_class=FedAvg, name="x", model=torch.nn.Linear(1, 1), min_clients=1,
                          num_rounds=1, train_script="x.py")

@@ -1,6 +1,5 @@
 """Bad input is refused before training, naming the file: missing ED/ES frame, labels outside 0..3, 4-D frames."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -12,15 +11,7 @@ import pytest
 from src.data.cardiac import check_cardiac_datalist
 from src.data.datalist import load_site_datalist
 from src.data.validation import DataValidationError
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _job():
-    spec = importlib.util.spec_from_file_location("cooptrain_job", ROOT / "jobs" / "cooptrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_job
 
 
 @pytest.fixture
@@ -88,8 +79,9 @@ def test_the_job_refuses_bad_data_before_training(broken, capsys):
     payload = broken["payload"]
     payload["training"] = [it for it in payload["training"] if it["phase"] == "ED"]
     broken["path"].write_text(json.dumps(payload))
-    code = _job().main(["--data-root", str(broken["data"]), "--datalist-dir", str(broken["lists"]), "--env",
-                        "export", "--export-dir", str(broken["tmp"] / "job"), "--tracking", "none"])
+    code = load_job("cooptrain").main(["--data-root", str(broken["data"]), "--datalist-dir", str(broken["lists"]),
+                                       "--env", "export", "--export-dir", str(broken["tmp"] / "job"),
+                                       "--tracking", "none"])
     assert code == 2
     assert "vendor-A: training: subject" in capsys.readouterr().err
     assert not (broken["tmp"] / "job").exists()  # nothing built

@@ -1,19 +1,11 @@
 """The cooperative-training job: export-and-inspect per option (cheap) and a two-round simulator run (sim, slow)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _job():
-    spec = importlib.util.spec_from_file_location("cooptrain_job", ROOT / "jobs" / "cooptrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_job
 
 
 def _args(data, *extra):
@@ -23,7 +15,7 @@ def _args(data, *extra):
 
 def _export(data, tmp_path, *extra):
     out = tmp_path / "job"
-    assert _job().main(_args(data, "--env", "export", "--export-dir", str(out), *extra)) == 0
+    assert load_job("cooptrain").main(_args(data, "--env", "export", "--export-dir", str(out), *extra)) == 0
     server = json.loads((out / "app" / "config" / "config_fed_server.json").read_text())
     client = json.loads((out / "app" / "config" / "config_fed_client.json").read_text())
     staged = json.loads((out / "app" / "custom" / "learner_config.json").read_text())
@@ -75,7 +67,7 @@ def test_centralised_pools_every_site_into_one_client(coop_data, tmp_path):
 
 
 def test_option_rules(coop_data):
-    job = _job()
+    job = load_job("cooptrain")
     for bad in (["--mode", "loso"], ["--mode", "loso", "--held-out", "acdc"], ["--held-out", "vendor-C"]):
         with pytest.raises(SystemExit):
             job.parse_args(_args(coop_data, *bad))
@@ -84,7 +76,7 @@ def test_option_rules(coop_data):
 @pytest.mark.sim
 @pytest.mark.slow
 def test_simulator_two_rounds_two_sites(coop_data, tmp_path):
-    job = _job()
+    job = load_job("cooptrain")
     assert job.main(_args(coop_data, "--sites", "acdc", "vendor-A", "--num-rounds", "2", "--batch-size", "2",
                           "--slices-per-volume", "1", "--workspace", str(tmp_path / "ws"),
                           "--no-cross-site-eval")) == 0

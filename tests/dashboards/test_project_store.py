@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from src.reporting.mlflow_results import publish_results
 from src.reporting.summary import receiver_store
-
-SITES = ("site-1", "site-2")
-
-
-def _receiver_run(client, exp, site, job, launch, job_id, curve):
-    """A site run as NVFlare's MLflow receiver creates it with jobs.console.tracking_config's kw_args."""
-    name = f"{site}-{job_id[:6]}-{job}-{launch}"
-    run = client.create_run(exp, run_name=name, tags={"job_id": job_id, "run_name": name, "job": job,
-                                                       "launch": launch})
-    for step, value in enumerate(curve):
-        client.log_metric(run.info.run_id, "val_dice", value, step=step)
-    client.set_terminated(run.info.run_id)
-
-
-def _server_dir(tmp_path, launch, uri):
-    server = tmp_path / launch / "server" / "simulate_job"
-    (server / "app_server" / "config").mkdir(parents=True, exist_ok=True)
-    (server / "app_server" / "FL_global_model.pt").write_bytes(b"\0" * 16)
-    (server / "summary.md").write_text("Run settings\n")
-    (server / "cross_site.png").write_bytes(b"\x89PNG")
-    (server / "app_server" / "config" / "config_fed_server.json").write_text(json.dumps({"components": [
-        {"id": "receiver", "path": "nvflare.app_opt.tracking.mlflow.mlflow_receiver.MLflowReceiver",
-         "args": {"tracking_uri": uri, "kw_args": {"experiment_name": "demo", "run_name": launch,
-                                                   "run_tags": {"job": "demo", "launch": launch}}}}]}))
-    return server
+from tests.dashboards.conftest import SITES
+from tests.dashboards.conftest import receiver_run as _receiver_run
+from tests.dashboards.conftest import server_dir as _server_dir
 
 
 def test_two_runs_share_one_store_and_are_both_visible(tmp_path):

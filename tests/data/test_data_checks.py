@@ -41,9 +41,21 @@ def _set_label_value(path, value: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # image/label affine agreement in every converter with labels
 # ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def _bidmc_template(tmp_path_factory):
+    """Generated once per module (about 4 s each on a loaded machine); 96 x 96 in plane instead of the real 384 x 384:
+    the checks below (affine, label values) do not depend on the matrix."""
+    raw = tmp_path_factory.mktemp("bidmc") / "raw"
+    generate_multisite(raw, n_cases=3, sites=("BIDMC",), matrix=96)
+    return raw / "BIDMC"
+
+
 @pytest.fixture()
-def bidmc(tmp_path):
-    generate_multisite(tmp_path / "raw", n_cases=3, sites=("BIDMC",))
+def bidmc(_bidmc_template, tmp_path):
+    """A fresh copy per test (the tests break its files)."""
+    import shutil
+
+    shutil.copytree(_bidmc_template, tmp_path / "raw" / "BIDMC")
     return tmp_path / "raw" / "BIDMC"
 
 

@@ -1,10 +1,9 @@
 """The FedICRA job: export-and-inspect, option rules, and two-round simulator runs of both tasks (tiny data).
 
-The FAZ run goes through ``jobs/fedicra.py --env sim`` (default suite, marker ``sim``, ~3 min on a loaded 2-core
-machine); the ODOC run exports the job and runs the plain ``nvflare simulator`` on it (``slow``).
+The FAZ run goes through ``jobs/fedicra.py --env sim`` (``slow``: 1-3 min on a loaded 2-core machine); the ODOC run
+exports the job and runs the plain ``nvflare simulator`` on it (``slow``).
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,16 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_job
+
 FAST = ["--batch-size", "2", "--iterations-per-round", "3", "--rep-iterations", "1", "--mixing-warmup", "3",
         "--mixing-batches", "1", "--mixing-max-first-epochs", "2", "--threads", "1", "--tracking", "none"]
-
-
-def _job():
-    spec = importlib.util.spec_from_file_location("fedicra_job", ROOT / "jobs" / "fedicra.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _args(data, task, *extra):
@@ -36,8 +29,8 @@ def test_export_wires_aggregator_filter_and_config(tiny_fedicra, tmp_path):
     from src.learners.fedicra import build_fedicra_model
 
     out = tmp_path / "job"
-    assert _job().main(_args(tiny_fedicra, "odoc", "--env", "export", "--export-dir", str(out),
-                             "--label-form", "site-2:box")) == 0
+    assert load_job("fedicra").main(_args(tiny_fedicra, "odoc", "--env", "export", "--export-dir", str(out),
+                                          "--label-form", "site-2:box")) == 0
     server = json.loads((out / "app" / "config" / "config_fed_server.json").read_text())
     aggregator = server["workflows"][0]["args"]["aggregator"]
     assert aggregator["path"] == "src.aggregators.fedavg.FedAvgAggregator"
@@ -57,7 +50,7 @@ def test_export_wires_aggregator_filter_and_config(tiny_fedicra, tmp_path):
 
 
 def test_job_option_rules(tiny_fedicra):
-    job = _job()
+    job = load_job("fedicra")
     for bad in (["--label-form", "site-9:box"], ["--label-form", "site-1:circle"], ["--label-form", "site-1"]):
         with pytest.raises(SystemExit):
             job.parse_args(_args(tiny_fedicra, "faz", *bad))
@@ -78,7 +71,7 @@ def test_bad_data_stops_the_job_before_training(tiny_fedicra, tmp_path):
     entry = json.loads((tiny_fedicra["faz"]["datalists"] / "site-2.json").read_text())["training"][0]
     with h5py.File(data / entry["image"], "r+") as f:
         del f["keypoint"]
-    job = _job()
+    job = load_job("fedicra")
     args = job.parse_args(_args(tiny_fedicra, "faz", "--data-root", str(data)))
     with pytest.raises(DataValidationError, match=r"site-2 training\[\d\]: keypoint: dataset missing in .*"
                                                   + Path(entry["image"]).name):
@@ -101,10 +94,12 @@ def _check_run(workspace: Path):
 
 
 @pytest.mark.sim
+@pytest.mark.slow  # 52-180 s; default-suite cover: exports of both tasks, option rules, bad data (above) and
+# tests/fedicra/test_learner.py (channel selection never sent, state survives a round and a restart, in process)
 def test_simulator_two_rounds_faz(tiny_fedicra, tmp_path):
     ws = tmp_path / "ws"
-    assert _job().main(_args(tiny_fedicra, "faz", "--num-rounds", "2", "--workspace", str(ws),
-                             "--no-cross-site-eval")) == 0
+    assert load_job("fedicra").main(_args(tiny_fedicra, "faz", "--num-rounds", "2", "--workspace", str(ws),
+                                          "--no-cross-site-eval")) == 0
     _check_run(ws)
 
 
@@ -112,7 +107,7 @@ def test_simulator_two_rounds_faz(tiny_fedicra, tmp_path):
 @pytest.mark.slow
 def test_exported_odoc_job_runs_with_plain_nvflare_simulator(tiny_fedicra, tmp_path):
     out, ws = tmp_path / "job", tmp_path / "ws"
-    assert _job().main(_args(tiny_fedicra, "odoc", "--num-rounds", "2", "--env", "export", "--export-dir",
+    assert load_job("fedicra").main(_args(tiny_fedicra, "odoc", "--num-rounds", "2", "--env", "export", "--export-dir",
                              str(out))) == 0
     nvflare = Path(sys.executable).with_name("nvflare")
     subprocess.run([str(nvflare), "simulator", str(out), "-n", "2", "-t", "2", "-w", str(ws)], check=True,

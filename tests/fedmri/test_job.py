@@ -1,20 +1,12 @@
 """The FedMRI job: export-and-inspect, bad input before training, and a two-round simulator run (sim)."""
 
-import importlib.util
 import json
-from pathlib import Path
+import re
 
 import h5py
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _job():
-    spec = importlib.util.spec_from_file_location("fedmri_job", ROOT / "jobs" / "fedmri.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_job
 
 
 def _args(data, *extra):
@@ -29,8 +21,8 @@ def test_export_wires_server_aggregator_filter_and_config(tiny_mri, tmp_path):
     from src.models.fastmri_unet import encoder_decoder_keys
 
     out = tmp_path / "job"
-    assert _job().main(_args(tiny_mri, "--env", "export", "--export-dir", str(out), "--negatives", "exact",
-                             "--relay-snapshots")) == 0
+    assert load_job("fedmri").main(_args(tiny_mri, "--env", "export", "--export-dir", str(out), "--negatives", "exact",
+                                         "--relay-snapshots")) == 0
     server = json.loads((out / "app" / "config" / "config_fed_server.json").read_text())
     controller = server["workflows"][0]
     assert controller["path"].endswith("FedMRIFedAvg")
@@ -50,7 +42,8 @@ def test_export_wires_server_aggregator_filter_and_config(tiny_mri, tmp_path):
 
 def test_baselines_export_their_own_key_split(tiny_mri, tmp_path):
     out = tmp_path / "job"
-    assert _job().main(_args(tiny_mri, "--env", "export", "--export-dir", str(out), "--algorithm", "fedavg")) == 0
+    assert load_job("fedmri").main(_args(tiny_mri, "--env", "export", "--export-dir", str(out),
+                                         "--algorithm", "fedavg")) == 0
     server = json.loads((out / "app" / "config" / "config_fed_server.json").read_text())
     assert server["workflows"][0]["args"]["negatives"] == "none"
     client = json.loads((out / "app" / "config" / "config_fed_client.json").read_text())
@@ -58,13 +51,15 @@ def test_baselines_export_their_own_key_split(tiny_mri, tmp_path):
                 if f["path"].endswith("ExcludeVars")]
 
 
-def test_bad_input_fails_before_training_naming_the_file(tiny_mri):
-    job = _job()
+def test_bad_input_fails_before_training_naming_the_file(tiny_mri, tmp_path, capsys):
+    job = load_job("fedmri")
     path = tiny_mri["data"] / "site-2" / "site-2_vol1.h5"
     with h5py.File(path, "r+") as f:
         del f["kspace"]
-    with pytest.raises(Exception, match="site-2_vol1.h5.*no 'kspace'"):
-        job.main(_args(tiny_mri, "--num-rounds", "1"))
+    # exit 2 with the cause on one line (no traceback), nothing started
+    assert job.main(_args(tiny_mri, "--num-rounds", "1", "--workspace", str(tmp_path / "ws"))) == 2
+    assert re.search(r"site-2_vol1.h5.*no 'kspace'", capsys.readouterr().err)
+    assert not (tmp_path / "ws").exists()
     with pytest.raises(SystemExit):
         job.parse_args(_args(tiny_mri, "--mask", "site-1=spiral:4:0.08:1"))
 
@@ -76,8 +71,8 @@ def test_two_round_simulator_run_sends_no_decoder_key(tiny_mri, tmp_path):
     from src.learners.fedmri import build_fedmri_model
     from src.models.fastmri_unet import encoder_decoder_keys
 
-    assert _job().main(_args(tiny_mri, "--num-rounds", "2", "--workspace", str(tmp_path / "ws"),
-                             "--no-cross-site-eval", "--threads", "1")) == 0
+    assert load_job("fedmri").main(_args(tiny_mri, "--num-rounds", "2", "--workspace", str(tmp_path / "ws"),
+                                         "--no-cross-site-eval", "--threads", "1")) == 0
     traffic = list((tmp_path / "ws").rglob("fedmri_traffic.json"))
     assert traffic, "the server wrote no traffic record"
     record = json.loads(traffic[0].read_text())

@@ -24,9 +24,16 @@ def test_help_lists_the_common_options(job):
 
 
 def _export(job, tmp_path, *extra):
+    """Export through the job script's ``main`` in this process, from another working directory (a subprocess
+    costs a fresh torch/MONAI/NVFlare import, 15-150 s on the loaded machine; the script as a script is covered by
+    test_help_lists_the_common_options and tests/newcomer/test_preflight.py)."""
+    import contextlib
+
+    from tests.helpers import load_job
+
     out = tmp_path / "job"
-    subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--env", "export", "--export-dir", str(out),
-                    "--n-clients", "2", *extra], check=True, capture_output=True, cwd=tmp_path)
+    with contextlib.chdir(tmp_path):
+        assert load_job(job).main(["--env", "export", "--export-dir", str(out), "--n-clients", "2", *extra]) == 0
     return out
 
 
@@ -121,6 +128,7 @@ def test_prostate_simulator_run_fills_both_dashboards(prostate_data, tmp_path):
 
 
 @pytest.mark.sim
+@pytest.mark.slow  # 74-241 s (4 rounds x 5 epochs, 3 sites); the default suite keeps the 2-site simulator runs above
 def test_prostate_dice_rises_over_a_longer_run(tmp_path):
     from data_prep.msd_prostate import convert
     from data_prep.synthetic.msd_prostate import generate

@@ -1,19 +1,10 @@
 """The IOP-FL job: export-and-inspect (cheap) and one short simulator run of inside + outside (sim, slow)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _job():
-    spec = importlib.util.spec_from_file_location("iopfl_job", ROOT / "jobs" / "iopfl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_job
 
 
 def _args(data, *extra):
@@ -22,7 +13,7 @@ def _args(data, *extra):
 
 
 def test_export_wires_controller_aggregator_and_held_out_site(tiny_prostate, tmp_path):
-    job = _job()
+    job = load_job("iopfl")
     out = tmp_path / "job"
     assert job.main(_args(tiny_prostate, "--env", "export", "--export-dir", str(out), "--ood-test", "ISBI",
                           "--export-personalised")) == 0
@@ -41,7 +32,8 @@ def test_fedbn_export_filters_norm_keys_out_of_every_result(tiny_prostate, tmp_p
     from src.models.unet2d import UNet2D, norm_keys
 
     out = tmp_path / "job"
-    assert _job().main(_args(tiny_prostate, "--env", "export", "--export-dir", str(out), "--algorithm", "fedbn")) == 0
+    assert load_job("iopfl").main(_args(tiny_prostate, "--env", "export", "--export-dir", str(out),
+                                        "--algorithm", "fedbn")) == 0
     client = json.loads((out / "app" / "config" / "config_fed_client.json").read_text())
     filters = [f for chain in client.get("task_result_filters", []) for f in chain["filters"]
                if f["path"].endswith("ExcludeVars")]
@@ -51,7 +43,7 @@ def test_fedbn_export_filters_norm_keys_out_of_every_result(tiny_prostate, tmp_p
 
 
 def test_job_option_rules(tiny_prostate):
-    job = _job()
+    job = load_job("iopfl")
     with pytest.raises(SystemExit):
         job.parse_args(_args(tiny_prostate, "--ood-test", "UCL"))  # not one of the sites
     with pytest.raises(SystemExit):
@@ -60,7 +52,7 @@ def test_job_option_rules(tiny_prostate):
 
 @pytest.mark.sim
 def test_simulator_inside_and_outside(tiny_prostate, tmp_path):
-    job = _job()
+    job = load_job("iopfl")
     assert job.main(_args(tiny_prostate, "--num-rounds", "2", "--ood-test", "ISBI", "--export-personalised",
                           "--tta-passes", "1", "--workspace", str(tmp_path / "ws"), "--no-cross-site-eval")) == 0
     outside = list((tmp_path / "ws").rglob("iopfl_outside.json"))
