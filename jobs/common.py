@@ -178,7 +178,7 @@ def parallelism(args) -> dict:
     if not workers:
         fit = int(MEMORY_SHARE * _available_mb() // SITE_MB_ESTIMATE)
         workers = min(n_sites, max(fit, min(n_sites, cores)))
-    threads = args.threads or max(1, cores // workers)
+    threads = getattr(args, "threads", 0) or max(1, cores // workers)
     return {"cpu_cores": cores, "n_sites": n_sites, "sim_workers": workers, "threads_per_site": threads}
 
 
