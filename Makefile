@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 REPO   := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 CLEAN_ROOT ?= $(REPO)
 
-.PHONY: demo test test-all data data-all data-mednist mednist iopfl-data notebooks lint bench bench-science bench-quantize iopfl-compare report poc browser-check clean help
+.PHONY: demo test test-all data data-all data-mednist mednist iopfl-data notebooks lint bench scale bench-science bench-quantize iopfl-compare report poc browser-check clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -68,6 +68,9 @@ lint: $(STAMP)
 
 bench: data  ## foundation benchmark (P1 FL vs plain loop, P2 learner throughput)
 	$(PY) -u benchmarks/fedavg_overhead.py
+
+scale: $(STAMP)  ## simulator scale: 1..16 sites of the 2-D prostate job and MedNIST, time/round + RSS (results/scale)
+	$(PY) -u -m benchmarks.scale
 
 bench-science: $(STAMP)  ## per-step cost of the FedICRA, FedMRI and cooperative-training cores
 	$(PY) -u benchmarks/fedicra_step.py

@@ -1,9 +1,14 @@
 """Foundation benchmark: what NVFlare + our learner cost over a plain PyTorch/MONAI loop, measured in one run.
 
-P1  Prostate FedAvg in the simulator vs a plain single-process loop doing the same work on the pooled data
-    (the same optimisation steps, and the same validation passes: each site scores the received global model and
-    its own trained model on its validation volumes every round). FL time runs from the first site's first
-    "training started" to the last site's last round (start-up, cross-site evaluation and shutdown excluded).
+P1  Prostate FedAvg in the simulator vs the same work done the same way without the framework (the headline,
+    ``P1_ratio``): one single-threaded plain process per site, all in parallel, each running the same optimisation
+    steps on its own data and the same validation passes (the received global model and its own trained model on
+    its validation volumes every round), the parent averaging the sites' weights by their steps between rounds,
+    as the server does. FL time runs from the first site's first "training started" to the last site's last
+    round; the reference's from the first broadcast to the last round's weights back in the parent. Start-up
+    (launch to the first training step) and shutdown (last round to exit) are measured and reported apart for
+    both. Also kept: the simulator vs one plain process with all the cores on the pooled data
+    (``P1_pooled_ratio``), which the simulator can beat (parallel sites on several cores vs one process).
 P2  Our learner's training throughput (one ``FederatedLearner.train_round`` of several epochs, checkpoint
     included) vs a hand-written loop with the same model, transforms, data and thread count; interleaved repeats,
     median ratio.
@@ -16,6 +21,7 @@ Also: simulator start-up (launch to first training step) and peak memory (RSS) o
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import resource
 import sys
@@ -41,7 +47,7 @@ def prepare_data(work: Path, n_sites: int, cases_per_site: int, seed: int) -> tu
     from data_prep.synthetic.msd_prostate import generate
 
     task = generate(work / "raw", n_train=n_sites * cases_per_site, n_test=0, n_scanners=min(n_sites, 4), seed=seed)
-    convert(task, work / "data", n_sites=n_sites, datalist_dir=work / "datalists", fractions=(0.5, 0.5, 0.0))
+    convert(task, work / "data", n_sites=n_sites, datalist_dir=work / "datalists", fractions=(0.5, 0.375, 0.125))
     return work / "data", work / "datalists"
 
 
@@ -82,6 +88,73 @@ class PlainLoop:
                 self.inferer(batch["image"], self.model).argmax(1)
 
 
+def _reference_site(site: str, config: dict, conn) -> None:
+    """One site of the P1 reference, in its own single-threaded process: no framework, no engine, no checkpoint.
+
+    Protocol on ``conn``: sends ("ready", steps); then for each received state dict: validate it, train ``steps``,
+    validate the local model, send (state dict, steps); ``None`` ends it.
+    """
+    torch.set_num_threads(1)
+    learner = SegmentationLearner(site, ProstateConfig(**config), output_dir=Path(config["data_root"]).parent / "ref")
+    loop = PlainLoop([learner])
+    steps = len(learner.train_loader) * learner.config.local_epochs
+    conn.send(("ready", steps))
+    while (state := conn.recv()) is not None:
+        loop.model.load_state_dict(state)
+        loop.validate()  # the received global model, as fit_round scores it
+        loop.train_steps(steps)
+        loop.validate()  # the site's trained model
+        conn.send(({k: v.detach().clone() for k, v in loop.model.state_dict().items()}, steps))
+    conn.close()
+
+
+def run_reference(data_root, datalists, n_sites: int, rounds: int, epochs: int, seed: int) -> dict:
+    """The same FedAvg without the framework: one plain single-threaded process per site, averaging in here."""
+    import multiprocessing as mp
+
+    from src.aggregators.fedavg import weighted_average
+    from src.models.networks import ProstateUNet
+
+    config = {"data_root": str(data_root), "datalist_dir": str(datalists), "local_epochs": epochs, "seed": seed,
+              "num_threads": 1, "n_clients": n_sites, "tracking": ()}
+    torch.manual_seed(seed)
+    model = ProstateUNet(channels=ProstateConfig.channels)
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ctx = mp.get_context("spawn")
+    launched = time.time()
+    pipes, procs = [], []
+    try:
+        for i in range(n_sites):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_reference_site, args=(f"site-{i + 1}", config, child), daemon=True)
+            proc.start()
+            pipes.append(parent)
+            procs.append(proc)
+        for conn in pipes:
+            if conn.recv()[0] != "ready":
+                raise RuntimeError("a reference site did not start")
+        started = time.time()
+        for _ in range(rounds):
+            for conn in pipes:
+                conn.send(global_state)
+            results = [conn.recv() for conn in pipes]
+            averaged = weighted_average([r[0] for r in results], [r[1] for r in results])
+            global_state = {k: torch.as_tensor(v) for k, v in averaged.items()}
+        ended = time.time()
+        for conn in pipes:
+            conn.send(None)
+        for proc in procs:
+            proc.join(60)
+        closed = time.time()
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+    return {"fl_seconds": ended - started, "startup_seconds": started - launched, "shutdown_seconds": closed - ended,
+            "wall_seconds": closed - launched}
+
+
 def run_simulator(data_root, datalists, work, n_sites, rounds, epochs):
     from jobs.common import execute
     from jobs.prostate_fedavg import build_recipe, parse_args
@@ -103,7 +176,8 @@ def run_simulator(data_root, datalists, work, n_sites, rounds, epochs):
     ends = [t for t, _, r, kind in events if kind == "val_dice" and r == rounds - 1]
     if not starts or len(ends) != n_sites:
         raise RuntimeError(f"could not find round timestamps in the site logs under {result}")
-    return {"fl_seconds": max(ends) - min(starts), "startup_seconds": min(starts) - launched, "wall_seconds": total}
+    return {"fl_seconds": max(ends) - min(starts), "startup_seconds": min(starts) - launched, "wall_seconds": total,
+            "shutdown_seconds": launched + total - max(ends)}
 
 
 def main(argv=None) -> int:
@@ -114,41 +188,102 @@ def main(argv=None) -> int:
     p.add_argument("--local-epochs", type=int, default=10)
     p.add_argument("--p2-steps", type=int, default=60, help="training steps per P2 repeat")
     p.add_argument("--p2-repeats", type=int, default=5, help="interleaved P2 repeats (median ratio)")
+    p.add_argument("--parts", nargs="+", choices=("p1", "p2"), default=["p1", "p2"], help="what to measure")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (numbers meaningless)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.quick:
-        a.cases_per_site, a.rounds, a.local_epochs, a.p2_steps, a.p2_repeats = 2, 1, 1, 3, 1
+        a.cases_per_site, a.rounds, a.local_epochs, a.p2_steps, a.p2_repeats = 3, 1, 1, 3, 1
     out = Path(a.out)
     work = out / "fedavg_work"
+    load_start = [round(x, 2) for x in os.getloadavg()]
     data_root, datalists = prepare_data(work, a.sites, a.cases_per_site, a.seed)
     threads = max(1, (torch.get_num_threads() if a.sites == 1 else 2) // 1)
 
-    # ---- P1: FL in the simulator vs the same work in one plain process -------------------------------------
-    print(f">> P1: simulator, {a.sites} sites x {a.rounds} rounds x {a.local_epochs} epochs", flush=True)
-    sim = run_simulator(data_root, datalists, work, a.sites, a.rounds, a.local_epochs)
-    sim_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     config = ProstateConfig(data_root=str(data_root), datalist_dir=str(datalists), num_threads=threads,
-                            local_epochs=a.local_epochs)
+                            local_epochs=a.local_epochs, tracking=())
     learners = [SegmentationLearner(f"site-{i + 1}", config, output_dir=work / "models") for i in range(a.sites)]
     steps_per_round = sum(len(lr.train_loader) for lr in learners) * a.local_epochs
+    results: dict = {"settings": vars(a) | {"threads_plain": threads, "steps_per_round": steps_per_round,
+                                            "command": "python benchmarks/fedavg_overhead.py " + " ".join(
+                                                argv if argv is not None else sys.argv[1:])}}
+    results["load_average_at_start"] = load_start
+    rows = []
+    if "p1" in a.parts:
+        rows += part_p1(a, data_root, datalists, work, learners, steps_per_round, threads, results)
+    if "p2" in a.parts:
+        rows += part_p2(a, learners[0], threads, results)
+    results["peak_rss_mb_benchmark_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__}
+    rows += [f"| peak RSS, benchmark process (plain loops + learners) | "
+             f"{results['peak_rss_mb_benchmark_process']:.0f} MB | |",
+             f"| load averages (1/5/15 min) at the start / at the end | {results['load_average_at_start']} / "
+             f"{results['load_average_at_end']} | |"]
+    table = "\n".join(["| measure | value | goal |", "|---|---|---|", *rows])
+    print()
+    write_report(results, out / "fedavg_overhead.json", table, markdown=out / "fedavg_overhead.md")
+    return 0
+
+
+def part_p1(a, data_root, datalists, work, learners, steps_per_round, threads, results) -> list[str]:
+    print(f">> P1: simulator, {a.sites} sites x {a.rounds} rounds x {a.local_epochs} epochs", flush=True)
+    load_p1 = [round(x, 2) for x in os.getloadavg()]
+    sim = run_simulator(data_root, datalists, work, a.sites, a.rounds, a.local_epochs)
+    sim_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f">> P1: reference, {a.sites} plain single-threaded processes in parallel, averaging in the parent",
+          flush=True)
+    ref = run_reference(data_root, datalists, a.sites, a.rounds, a.local_epochs, a.seed)
     plain = PlainLoop(learners)
-    print(f">> P1: plain loop, {steps_per_round * a.rounds} steps + {2 * a.rounds} validation passes", flush=True)
+    print(f">> P1: pooled plain loop ({threads} threads), {steps_per_round * a.rounds} steps + {2 * a.rounds} "
+          f"validation passes", flush=True)
     start = time.perf_counter()
     for _ in range(a.rounds):
         plain.train_steps(steps_per_round)
         plain.validate()
         plain.validate()
     plain_seconds = time.perf_counter() - start
+    results.update({
+        "P1_fl_seconds": sim["fl_seconds"],
+        "P1_reference_seconds": ref["fl_seconds"],
+        "P1_ratio": sim["fl_seconds"] / ref["fl_seconds"],
+        "P1_plain_seconds": plain_seconds,
+        "P1_pooled_ratio": sim["fl_seconds"] / plain_seconds,
+        "simulator_startup_seconds": sim["startup_seconds"],
+        "simulator_shutdown_seconds": sim["shutdown_seconds"],
+        "simulator_wall_seconds": sim["wall_seconds"],
+        "reference_startup_seconds": ref["startup_seconds"],
+        "reference_shutdown_seconds": ref["shutdown_seconds"],
+        "reference_wall_seconds": ref["wall_seconds"],
+        "peak_rss_mb_simulator_processes": sim_peak_mb,
+        "load_average_at_P1": load_p1,
+    })
+    return [
+        f"| **P1 FL time / reference (one plain single-threaded process per site in parallel, same steps, "
+        f"validations and averaging)** | **{results['P1_ratio']:.2f}** "
+        f"({sim['fl_seconds']:.1f} s / {ref['fl_seconds']:.1f} s) | <= 1.05 |",
+        f"| P1 FL time / one pooled plain process with {threads} threads (older comparison) | "
+        f"{results['P1_pooled_ratio']:.2f} ({sim['fl_seconds']:.1f} s / {plain_seconds:.1f} s) | |",
+        f"| start-up (launch to first training step): simulator / reference | {sim['startup_seconds']:.1f} s / "
+        f"{ref['startup_seconds']:.1f} s | |",
+        f"| shutdown (last round to exit): simulator / reference | {sim['shutdown_seconds']:.1f} s / "
+        f"{ref['shutdown_seconds']:.1f} s | |",
+        f"| wall time in total: simulator / reference | {sim['wall_seconds']:.1f} s / {ref['wall_seconds']:.1f} s "
+        f"| |",
+        f"| peak RSS, largest simulator process | {sim_peak_mb:.0f} MB | |",
+        f"| load averages (1/5/15 min) at P1 start | {load_p1} | |",
+    ]
 
-    # ---- P2: learner throughput vs the plain loop, same model/data/threads ---------------------------------
-    # one train_round per repeat (as in a round of FL), interleaved with the plain loop; median of the ratios
-    learner = learners[0]
+
+def part_p2(a, learner, threads, results) -> list[str]:
+    """P2: one train_round per repeat (as in a round of FL), interleaved with the plain loop; median of the ratios;
+    then one profiled round of each (where the time goes)."""
     per_epoch = len(learner.train_loader)
     learner.config.local_epochs = epochs = max(1, a.p2_steps // per_epoch)
     steps = epochs * per_epoch
     print(f">> P2: {a.p2_repeats} x {steps} training steps, learner vs plain loop ({threads} threads)", flush=True)
+    load_p2 = [round(x, 2) for x in os.getloadavg()]
     single = PlainLoop([learner])
     single.train_steps(per_epoch)  # warm-up of both (caches, allocator)
     learner.train_round()
@@ -162,38 +297,58 @@ def main(argv=None) -> int:
         plain_times.append(time.perf_counter() - start)
     ratios = sorted(p / lt for p, lt in zip(plain_times, learner_times))
     learner_s, plain_s = float(np.median(learner_times)), float(np.median(plain_times))
-    own_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    results = {
-        "settings": vars(a) | {"threads_plain": threads, "steps_per_round": steps_per_round},
-        "P1_fl_seconds": sim["fl_seconds"],
-        "P1_plain_seconds": plain_seconds,
-        "P1_ratio": sim["fl_seconds"] / plain_seconds,
+    profile = profile_p2(learner, single, steps)
+    results.update({
         "P2_learner_steps_per_s": steps / learner_s,
         "P2_plain_steps_per_s": steps / plain_s,
         "P2_ratio": ratios[len(ratios) // 2],
         "P2_ratios": ratios,
-        "simulator_startup_seconds": sim["startup_seconds"],
-        "simulator_wall_seconds": sim["wall_seconds"],
-        "peak_rss_mb_simulator_processes": sim_peak_mb,
-        "peak_rss_mb_benchmark_process": own_peak_mb,
-        "machine": {"cpus": __import__("os").cpu_count(), "torch": torch.__version__},
-    }
-    table = "\n".join([
-        "| measure | value | goal |",
-        "|---|---|---|",
-        f"| P1 FL time / plain-loop time (same steps + validations) | {results['P1_ratio']:.2f} "
-        f"({sim['fl_seconds']:.1f} s / {plain_seconds:.1f} s) | <= 1.10 |",
-        f"| P2 learner throughput / plain loop | {results['P2_ratio']:.2f} "
-        f"({results['P2_learner_steps_per_s']:.2f} vs {results['P2_plain_steps_per_s']:.2f} steps/s) | >= 0.95 |",
-        f"| simulator start-up (launch to first training step) | {sim['startup_seconds']:.1f} s | |",
-        f"| simulator wall time in total | {sim['wall_seconds']:.1f} s | |",
-        f"| peak RSS, largest simulator process | {sim_peak_mb:.0f} MB | |",
-        f"| peak RSS, benchmark process (plain loops + learners) | {own_peak_mb:.0f} MB | |",
-    ])
-    print()
-    write_report(results, out / "fedavg_overhead.json", table, markdown=out / "fedavg_overhead.md")
-    return 0
+        "P2_steps_per_repeat": steps,
+        "P2_profile_seconds": profile,
+        "load_average_at_P2": load_p2,
+    })
+    lr_p, pl_p = profile["learner"], profile["plain"]
+    return [
+        f"| **P2 learner throughput / plain loop** (median of {a.p2_repeats} interleaved repeats of {steps} steps) "
+        f"| **{results['P2_ratio']:.2f}** ({results['P2_learner_steps_per_s']:.2f} vs "
+        f"{results['P2_plain_steps_per_s']:.2f} steps/s) | >= 0.97 |",
+        f"| P2 profile, learner round (s): step compute / data loading / engine events + bookkeeping / "
+        f"snapshot + checkpoint | {lr_p['step']:.2f} / {lr_p['data']:.2f} / {lr_p['engine']:.3f} / "
+        f"{lr_p['round_fixed']:.3f} (of {lr_p['total']:.2f}) | |",
+        f"| P2 profile, plain loop (s): step compute / data loading / rest | {pl_p['step']:.2f} / "
+        f"{pl_p['data']:.2f} / {pl_p['engine']:.3f} (of {pl_p['total']:.2f}) | |",
+        f"| load averages (1/5/15 min) at P2 start | {load_p2} | |",
+    ]
+
+
+def _cum(stats, file_part: str, func: str) -> float:
+    """Cumulative seconds of the (first) profiled function ``func`` defined in a file whose path has ``file_part``."""
+    return sum(v[3] for (f, _, name), v in stats.stats.items() if name == func and file_part in f)
+
+
+def profile_p2(learner, single, steps: int) -> dict:
+    """Where one round's time goes, learner vs plain loop (cProfile; its own overhead inflates both alike)."""
+    import cProfile
+    import pstats
+
+    out = {}
+    for name, fn in (("learner", learner.train_round), ("plain", lambda: single.train_steps(steps))):
+        prof = cProfile.Profile()
+        prof.enable()
+        fn()
+        prof.disable()
+        st = pstats.Stats(prof)
+        total = max(v[3] for v in st.stats.values())
+        data = _cum(st, "torch/utils/data/dataloader", "__next__")
+        if name == "learner":
+            run = _cum(st, "ignite/engine/engine", "_internal_run")
+            step = _cum(st, "src/learners/base", "train_step")
+            out[name] = {"total": total, "step": step, "data": data, "engine": run - step - data,
+                         "round_fixed": total - run}
+        else:
+            step = total - data
+            out[name] = {"total": total, "step": step, "data": data, "engine": 0.0}
+    return out
 
 
 if __name__ == "__main__":

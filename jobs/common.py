@@ -84,7 +84,13 @@ def job_parser(description: str, *, name: str, n_clients: int, num_rounds: int, 
     p.add_argument("--workspace", default=str(ROOT / "workspace"), help="simulator / POC workspace root")
     p.add_argument("--seed", type=int, default=0, help="base seed; each site derives its own")
     p.add_argument("--name", default=name, help="job name (also the result folder's name)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per site; 0 shares the CPU cores among sites")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per site; 0: the CPU cores shared among the sites that run at once")
+    p.add_argument("--sim-workers", type=int, default=0,
+                   help="--env sim: site processes that run at once (0: one per site while they fit in memory, "
+                        "see jobs.common.parallelism); with fewer than the sites, the simulator starts a fresh "
+                        "process for every task of a site, which carries on from its saved state (model, "
+                        "optimiser, RNG) exactly")
     p.add_argument("--no-cross-site-eval", action="store_true", help="skip cross-site evaluation at the end")
     p.add_argument("--site-env", action="append", default=[], metavar="SITE:VAR=VALUE",
                    help="--env poc: environment of one site's client, e.g. site-1:FL_DATA_ROOT=/data/a (repeatable)")
@@ -129,6 +135,11 @@ def parse_job_args(parser: argparse.ArgumentParser, argv=None, check=None) -> ar
     n_sites = len(sites_of(args))
     if not 0 <= args.min_clients <= n_sites:
         parser.error(f"--min-clients must be between 0 and the number of sites ({n_sites}), got {args.min_clients}")
+    if getattr(args, "sim_workers", 0) < 0 or args.sim_workers > n_sites:
+        parser.error(f"--sim-workers must be between 0 (automatic) and the number of sites ({n_sites}), "
+                     f"got {args.sim_workers}")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0 (0: automatic), got {args.threads}")
     if args.round_timeout < 0:
         parser.error(f"--round-timeout must be >= 0 seconds, got {args.round_timeout}")
     if args.run_id is not None and (not args.run_id or Path(args.run_id).name != args.run_id
@@ -148,6 +159,46 @@ def parse_job_args(parser: argparse.ArgumentParser, argv=None, check=None) -> ar
     return args
 
 
+#: RSS one site's simulator process needs, for the default parallelism (measured 0.7 GB for the 2-D prostate and
+#: MedNIST jobs on tiny data: ~0.6 GB of it is python + torch + MONAI + NVFlare imported; benchmarks/scale.py)
+SITE_MB_ESTIMATE = 800
+#: share of the memory available at launch the default parallelism may plan for the site processes
+MEMORY_SHARE = 0.8
+
+
+def parallelism(args) -> dict:
+    """How the simulator shares this machine: site processes at once and torch threads per site.
+
+    Default (``--sim-workers 0``, ``--threads 0``): every site its own process, the whole run long, while
+    ``sites x SITE_MB_ESTIMATE`` fits in ``MEMORY_SHARE`` of the memory available at launch; else as many processes
+    as fit (never fewer than ``min(sites, cores)``), the sites taking turns. Torch threads per site are
+    ``cores // processes`` (at least 1), so the threads that compute never outnumber the cores by more than the
+    processes do: 2 sites on 2 cores: 2 x 1 thread; 1 site: 1 x 2; 16 sites: 16 x 1 (time-sliced, no spinning
+    OpenMP pools). Why not ``min(sites, cores)`` processes always: with fewer processes than sites NVFlare's
+    simulator starts a fresh process for *every* task of a site (python, torch, MONAI and NVFlare imported again,
+    the data cached again, the state restored), which measured ~30 s a turn on 2 loaded cores against ~2 s of
+    training (docs/benchmarks.md). Either value can be set by hand; what was chosen is printed and kept in the
+    run's settings.
+    """
+    cores = os.cpu_count() or 1
+    n_sites = len(sites_of(args))
+    workers = getattr(args, "sim_workers", 0)
+    if not workers:
+        fit = int(MEMORY_SHARE * _available_mb() // SITE_MB_ESTIMATE)
+        workers = min(n_sites, max(fit, min(n_sites, cores)))
+    threads = getattr(args, "threads", 0) or max(1, cores // workers)
+    return {"cpu_cores": cores, "n_sites": n_sites, "sim_workers": workers, "threads_per_site": threads}
+
+
+def _available_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.virtual_memory().available / 2**20
+    except Exception:  # no psutil / no /proc: plan as if memory were plentiful
+        return float("inf")
+
+
 def sites_of(args) -> list[str]:
     return args.sites or [f"site-{i}" for i in range(1, args.n_clients + 1)]
 
@@ -159,7 +210,7 @@ def common_config(args) -> dict:
         "datalist_dir": str(Path(args.datalist_dir).resolve()),
         "local_epochs": args.local_epochs,
         "seed": args.seed,
-        "num_threads": args.threads,
+        "num_threads": parallelism(args)["threads_per_site"],
         "n_clients": len(sites_of(args)),
         "tracking": TRACKING_CHOICES[args.tracking],
         "resume": bool(getattr(args, "resume", None)),
@@ -268,7 +319,10 @@ def build_job_recipe(args, build_model: Callable, learner: type, config: Learner
     if controller_args:
         recipe_kwargs["controller_args"] = controller_args
     recipe_kwargs["site_policy"] = {"min_clients": args.min_clients, "round_timeout": args.round_timeout,
-                                    "watch_sim_workers": args.env == "sim"}
+                                    # a site's worker process exiting means it died only when every site has
+                                    # its own; with fewer workers (--sim-workers) they exit between turns
+                                    "watch_sim_workers": args.env == "sim"
+                                    and parallelism(args)["sim_workers"] == len(sites_of(args))}
     if start_round:
         recipe_kwargs["site_policy"]["start_round"] = start_round
     aggregator = aggregator or FedAvgAggregator()
@@ -548,7 +602,11 @@ def _simulate(recipe, args) -> Path:
         shutil.copytree(point["site_state"], folder / "site_state")
         write_run_status(folder, args, "running", resumed_from=str(point["folder"]), start_round=point["rounds_done"])
     os.environ[SITE_STATE_ENV] = str(folder / "site_state")
-    env = SimEnv(clients=sites, num_clients=len(sites), workspace_root=str(folder), log_config=sim_log_config(args))
+    share = parallelism(args)
+    print(f"simulator: {share['n_sites']} sites, {share['sim_workers']} site processes at once x "
+          f"{share['threads_per_site']} torch threads each, on {share['cpu_cores']} CPU cores", flush=True)
+    env = SimEnv(clients=sites, num_clients=len(sites), num_threads=share["sim_workers"], workspace_root=str(folder),
+                 log_config=sim_log_config(args))
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     key_metric = getattr(recipe, "fl_key_metric", None)
     import psutil

@@ -132,6 +132,10 @@ def run_settings(args, **extra) -> dict:
     for key in ("lr", "batch_size", "ood_test", "alpha", "fedprox_mu", "quantize", "privacy"):
         if getattr(args, key, None) not in (None, ""):
             settings[key] = getattr(args, key)
+    if hasattr(args, "sim_workers"):
+        from jobs.common import parallelism
+
+        settings.update({k: v for k, v in parallelism(args).items() if k != "n_sites"})
     settings.update(extra)
     return settings
 

@@ -399,7 +399,7 @@ class FederatedLearner(ABC):
         self.round = self.round + 1 if round_number is None else round_number
         self.begin_round(params or {}, extras or {})
         start = time.perf_counter()
-        before = copy.deepcopy((self.model.state_dict(), self.optimizer.state_dict()))
+        before = (_cloned(self.model.state_dict()), _cloned(self.optimizer.state_dict()))
         before_epoch = (self.trainer.state.epoch, self.trainer.state.iteration)
         self.trainer.state.max_epochs = self.trainer.state.epoch + self.config.local_epochs
         try:
@@ -497,6 +497,19 @@ def _batch_files(batch) -> list[str]:
             if str(name) not in files:
                 files.append(str(name))
     return files
+
+
+def _cloned(obj: Any) -> Any:
+    """A copy of a state dict tree (tensors cloned, containers copied, plain values shared): what ``deepcopy``
+    gives for a model's or optimiser's ``state_dict``, without its memo bookkeeping and per-tensor pickling path
+    (the round's NaN-rollback snapshot; measured in benchmarks/fedavg_overhead.py P2)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return type(obj)((k, _cloned(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cloned(v) for v in obj)
+    return obj
 
 
 def _saveable_numpy_state(state: tuple) -> list:

@@ -80,6 +80,10 @@ def run(staged: dict) -> None:
         # fail the job with the reason instead of leaving the server waiting for this site
         log.error(f"{site}: cannot start the learner:\n{traceback.format_exc()}")
         raise
+    if not learner.config.resume and os.environ.get(SITE_STATE_ENV) and learner.restore():
+        # the simulator runs fewer site processes than sites (--sim-workers): this site's earlier process of the
+        # same run saved its state at the end of its last round; carry on from it exactly, as --resume does
+        progress(f"{site}: carried on from its saved state (round {learner.round})")
     cases = ", ".join(f"{len(v)} {k}" for k, v in learner.datalist.items())
     progress(f"{site}: {type(learner).__name__} on {learner.device}, {cases} cases")
     metrics_log = MetricLogger(learner.config.tracking, staged["config"])
@@ -102,6 +106,7 @@ def run(staged: dict) -> None:
             continue
         round_number = received.current_round or 0
         started = time.monotonic()
+        log.info(f"{site} round {round_number}: training started")
         try:
             result = learner.fit_round(params, round_number, extras)
         except NonFiniteLossError as e:  # nothing trained is sent; the server drops this site for the round
