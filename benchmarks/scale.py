@@ -46,8 +46,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import machine, write_report  # noqa: E402
+from data_prep.common import own_folder, read_owner  # noqa: E402
 
 JOBS = ("prostate2d", "mednist")
+OWNER = "benchmarks.scale"
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?(site-\d+) round (\d+): (training started|.*\(global\))")
 #: bytes per parameter held by a site: weights, gradients, and Adam's two moments (three with amsgrad)
 STATE_COPIES = {"prostate2d": 5, "mednist": 4}
@@ -346,24 +348,28 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sites", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="site counts to run")
+    p.add_argument("--sites", type=int, nargs="+", default=None, help="site counts to run (default: 1 2 4 8 16)")
     p.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS))
     p.add_argument("--rounds", type=int, default=3, help="rounds per run (>= 2: the first includes start-up)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds one run may take")
     p.add_argument("--job-arg", action="append", default=[], metavar="ARG",
                    help="extra option for every job script, e.g. --job-arg=--sim-workers=16 (repeatable)")
-    p.add_argument("--quick", action="store_true", help="1 and 2 sites, prostate2d only, 2 rounds (smoke run)")
+    p.add_argument("--quick", action="store_true",
+                   help="1 and 2 sites (unless --sites says), prostate2d only, 2 rounds (smoke run)")
     p.add_argument("--out", default=str(ROOT / "results" / "scale"))
     a = p.parse_args(argv)
     if a.quick:
-        a.sites, a.jobs, a.rounds = [1, 2], ["prostate2d"], 2
+        a.sites, a.jobs, a.rounds = a.sites or [1, 2], ["prostate2d"], 2
+    a.sites = a.sites or [1, 2, 4, 8, 16]
     if a.rounds < 1 or min(a.sites) < 1:
         p.error("--rounds and --sites must be >= 1")
     out = Path(a.out)
     work = out / "work"
-    if work.exists():
+    if work.exists():  # replaced only if an earlier sweep made it (--out may name a folder of the user's)
+        if read_owner(work) != OWNER:
+            p.error(f"{work} exists and was not made by benchmarks.scale; choose another --out")
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    own_folder(work, OWNER)
     load_start = [round(x, 2) for x in os.getloadavg()]
     rows, breakdown = [], {}
     for job in a.jobs:

@@ -100,3 +100,14 @@ def test_scale_quick_writes_json_markdown_and_plot(tmp_path):
     assert [r["sites"] for r in out["runs"]] == [1] and out["runs"][0]["peak_rss_mb_total"] > 0
     assert out["memory_per_site"]["prostate2d"]["parameters"] > 0
     assert (tmp_path / "scale.png").is_file() and (tmp_path / "scale.md").is_file()
+
+
+def test_scale_never_replaces_a_work_folder_it_did_not_make(tmp_path):
+    from benchmarks.scale import main
+
+    mine = tmp_path / "work" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("keep me")
+    with pytest.raises(SystemExit) as exc:
+        main(["--quick", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and mine.read_text() == "keep me"
