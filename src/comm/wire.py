@@ -51,14 +51,21 @@ def _nbytes(value) -> int:
     return 0
 
 
-def shareable_bytes(shareable: Shareable) -> tuple[int, int]:
-    """``(FOBS bytes of the whole Shareable, array bytes of its DXO data and meta)``."""
-    from nvflare.apis.dxo import from_shareable
+def serialised(shareable: Shareable) -> bytes:
+    """The Shareable as NVFlare's FOBS serialises it (numpy and NVFlare's app types registered first, as NVFlare's
+    own processes do)."""
     from nvflare.app_common.decomposers import common_decomposers
     from nvflare.fuel.utils import fobs
 
-    common_decomposers.register()  # numpy arrays and NVFlare's app types (already done in NVFlare's processes)
-    total = len(fobs.dumps(shareable))
+    common_decomposers.register()
+    return fobs.dumps(shareable)
+
+
+def shareable_bytes(shareable: Shareable) -> tuple[int, int]:
+    """``(FOBS bytes of the whole Shareable, array bytes of its DXO data and meta)``."""
+    from nvflare.apis.dxo import from_shareable
+
+    total = len(serialised(shareable))
     try:
         dxo = from_shareable(shareable)
         arrays = _nbytes(dxo.data) + _nbytes(dxo.meta)

@@ -42,7 +42,23 @@ def _dequantize(shareable) -> dict:
     return from_shareable(FloatDequantizer().process(shareable, FLContext())).data
 
 
+def _in_fresh_process(check) -> None:
+    """Run ``check`` (a module-level function) in a spawned interpreter. Serialising a Shareable with FOBS in
+    the pytest process (these three checks) left NVFlare state behind that broke the FLARE API login of the POC
+    tests run later in the same process (its admin messages went out on the stream channel; the server refused
+    them)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        pool.submit(check).result()  # an AssertionError in the child is raised here
+
+
 def test_float16_halves_and_adaquant_shrinks_the_serialised_payload_and_both_round_trip():
+    _in_fresh_process(check_float16_and_adaquant_sizes)
+
+
+def check_float16_and_adaquant_sizes():
     from src.comm.wire import shareable_bytes
 
     data = _payload()
@@ -74,11 +90,15 @@ def test_quantizer_leaves_the_servers_own_model_untouched():
 def test_personal_keys_never_leave_with_quantization_on():
     """ExcludeVars runs before the quantizer on the site, so neither the arrays nor ADAQUANT's state (offsets,
     norms, compressed values) of a personal key is in the bytes the site sends."""
+    _in_fresh_process(check_personal_keys_not_in_the_wire_bytes)
+
+
+def check_personal_keys_not_in_the_wire_bytes():
     from nvflare.apis.fl_context import FLContext
     from nvflare.app_common.filters.exclude_vars import ExcludeVars
-    from nvflare.fuel.utils import fobs
 
     from src.comm.quantize import FloatQuantizer
+    from src.comm.wire import serialised
 
     data = _payload()
     personal = [k for k in data if ".adn.N." in k or k.endswith(("running_mean", "running_var"))]
@@ -88,7 +108,7 @@ def test_personal_keys_never_leave_with_quantization_on():
     shareable = DXO(data_kind=DataKind.WEIGHTS, data=dict(data)).to_shareable()
     for flt in (ExcludeVars(exclude_vars=personal), FloatQuantizer(quantization_type="adaquant")):
         shareable = flt.process(shareable, FLContext())
-    wire = fobs.dumps(shareable)
+    wire = serialised(shareable)
     leaked = [k for k in personal if k.encode() in wire]
     assert not leaked, leaked[:3]
     assert any(k.encode() in wire for k in data if k not in personal)  # the check can see a name that is sent
@@ -154,6 +174,10 @@ def test_gpu_only_types_are_refused_without_cuda_and_unknown_types_always():
 
 
 def test_wire_row_names_site_task_round_and_counts_the_whole_message():
+    _in_fresh_process(check_wire_row)
+
+
+def check_wire_row():
     from nvflare.apis.fl_constant import ReservedKey
     from nvflare.apis.fl_context import FLContext
     from nvflare.apis.shareable import ReservedHeaderKey
