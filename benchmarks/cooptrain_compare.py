@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._wire import RoundBytes  # noqa: E402
 from benchmarks.stats import Claim, write_comparison  # noqa: E402
 
 SETTINGS = ("centralised", "federated")
@@ -182,19 +183,27 @@ def initial_state(scale: Scale, seed: int) -> dict[str, torch.Tensor]:
     return CooperativeNet(base_channels=scale.base_channels, code_channels=scale.code_channels).state_dict()
 
 
-def run_federated(sites, config_of, rounds: int, init: dict, out: Path) -> tuple[dict, dict]:
+def run_federated(sites, config_of, rounds: int, init: dict, out: Path, meter: RoundBytes | None = None,
+                  method: str = "") -> tuple[dict, dict]:
     """FedAvg over ``sites`` from ``init``: each round every site's ``train_round``, then the job's weighted average.
+    ``meter`` keeps each round's messages under ``method`` for the bytes on the wire (the job's sites also send
+    their validation scores, a few dozen bytes more per result).
 
     Returns (global state after the last round, {site: learner}).
     """
     from src.aggregators.fedavg import weighted_average
     from src.learners.base import TRAIN_SAMPLES_KEY
+    from src.learners.client_api import result_message
     from src.learners.cooptrain import CoopTrainLearner
 
     learners = {s: CoopTrainLearner(s, config_of(s), output_dir=out) for s in sites}
     state = {k: v.clone() for k, v in init.items()}
     for r in range(1, rounds + 1):
         results = [lr.train_round(state, r) for lr in learners.values()]
+        if meter is not None:
+            meter.task(method, r, state, rounds)
+            for res in results:
+                meter.result(method, r, result_message(res))
         shared = weighted_average([res.params for res in results], [res.meta[TRAIN_SAMPLES_KEY] for res in results])
         state = {**state, **{k: torch.as_tensor(v) for k, v in shared.items()}}
     return state, learners
@@ -222,9 +231,10 @@ def run_centralised(config, rounds: int, init: dict, out: Path) -> dict:
     return learner.model.state_dict()
 
 
-def run(out: Path, seeds, scale: Scale, settings=SETTINGS, methods=tuple(METHODS), meta: dict | None = None
-        ) -> list[dict]:
+def run(out: Path, seeds, scale: Scale, settings=SETTINGS, methods=tuple(METHODS), meta: dict | None = None,
+        meter: RoundBytes | None = None) -> list[dict]:
     """Every (setting, method, seed); returns the per-volume rows (:data:`benchmarks.stats.VOLUME_COLUMNS`).
+    ``meter`` keeps the federated runs' messages (bytes on the wire per method).
 
     With ``meta``, the comparison files are rewritten after every run (``settings.complete`` false until the end),
     so that an interrupted comparison still leaves what it finished.
@@ -246,7 +256,8 @@ def run(out: Path, seeds, scale: Scale, settings=SETTINGS, methods=tuple(METHODS
                     state = run_centralised(_config(scale, method, seed, pooled, data_root), scale.rounds, init, work)
                 else:
                     config = _config(scale, method, seed, datalist_dir, data_root)
-                    state, _ = run_federated(TRAIN_SITES, lambda _site, c=config: c, scale.rounds, init, work)
+                    state, _ = run_federated(TRAIN_SITES, lambda _site, c=config: c, scale.rounds, init, work,
+                                             meter, method)
                 model = CooperativeNet(base_channels=scale.base_channels, code_channels=scale.code_channels)
                 model.load_state_dict(state)
                 scores = evaluate_volumes(model, sets, refine=METHODS[method]["cooperative"])
@@ -365,8 +376,9 @@ def main(argv=None) -> int:
                                     + " ".join(argv if argv is not None else sys.argv[1:])},
             "metrics": {"dice": "mean Dice of LV, MYO, RV per subject volume", "dice_lv": "Dice LV",
                         "dice_myo": "Dice MYO", "dice_rv": "Dice RV", "hd95": "HD95 (mm), mean over structures"}}
-    start = time.perf_counter()
-    rows = run(out, args.seeds, scale, tuple(args.settings), tuple(args.methods), meta=meta)
+    start, meter = time.perf_counter(), RoundBytes()
+    rows = run(out, args.seeds, scale, tuple(args.settings), tuple(args.methods), meta=meta, meter=meter)
+    meta["bytes_per_round"] = meter.measure()
     paths = write_outputs(out, rows, meta, time.perf_counter() - start)
     print(paths["markdown"].read_text())
     print(f"wrote {out}/{NAME}{{.csv,_volumes.csv,_meta.json,.md,.png}} in {time.perf_counter() - start:.0f} s")

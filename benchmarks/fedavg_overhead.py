@@ -5,16 +5,19 @@ P1  Prostate FedAvg in the simulator vs the same work done the same way without 
     steps on its own data and the same validation passes (the received global model and its own trained model on
     its validation volumes every round), the parent averaging the sites' weights by their steps between rounds,
     as the server does. FL time runs from the first site's first "training started" to the last site's last
-    round; the reference's from the first broadcast to the last round's weights back in the parent. Start-up
-    (launch to the first training step) and shutdown (last round to exit) are measured and reported apart for
-    both. Also kept: the simulator vs one plain process with all the cores on the pooled data
-    (``P1_pooled_ratio``), which the simulator can beat (parallel sites on several cores vs one process).
+    round; the reference's from the first broadcast to the last round's weights back in the parent. The two are
+    run ``--p1-repeats`` times, interleaved (sim ref | ref sim | ...), and P1 is the median of the pairs' ratios:
+    this machine's speed drifts by several per cent within minutes, more than the effect measured. Also from the
+    simulator's own logs: the time between rounds on the critical path (the last site's result to the last
+    site's next training start), which is the framework's share alone. Start-up (launch to the first training
+    step) and shutdown (last round to exit) are measured and reported apart for both. Also kept: the simulator vs
+    one plain process with all the cores on the pooled data (``P1_pooled_ratio``), which the simulator can beat.
 P2  Our learner's training throughput (one ``FederatedLearner.train_round`` of several epochs, checkpoint
-    included) vs a hand-written loop with the same model, transforms, data and thread count; interleaved repeats,
-    median ratio.
-Also: simulator start-up (launch to first training step) and peak memory (RSS) of the simulator and the loops.
+    included) vs a hand-written loop with the same model, transforms, data and thread count; interleaved repeats
+    (learner plain | plain learner | ...), median ratio, then one profiled round of each.
+Also: peak memory (RSS) of the simulator and the loops.
 
-    python benchmarks/fedavg_overhead.py            # ~5 minutes on 2 cores (FL part about a minute)
+    python benchmarks/fedavg_overhead.py            # ~25 minutes on 2 quiet cores (3 pairs of ~3-min jobs, P2)
     python benchmarks/fedavg_overhead.py --quick    # smoke run
 """
 
@@ -40,6 +43,7 @@ from src.config.tutorial import ProstateConfig  # noqa: E402
 from src.learners.segmentation import SegmentationLearner  # noqa: E402
 
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?(site-\d+) round (\d+): (training started|val_dice)")
+TRAIN_SECONDS = re.compile(r"train_seconds=([0-9.]+)")
 
 
 def prepare_data(work: Path, n_sites: int, cases_per_site: int, seed: int) -> tuple[Path, Path]:
@@ -92,7 +96,7 @@ def _reference_site(site: str, config: dict, conn) -> None:
     """One site of the P1 reference, in its own single-threaded process: no framework, no engine, no checkpoint.
 
     Protocol on ``conn``: sends ("ready", steps); then for each received state dict: validate it, train ``steps``,
-    validate the local model, send (state dict, steps); ``None`` ends it.
+    validate the local model, send (state dict, steps, seconds the training took); ``None`` ends it.
     """
     torch.set_num_threads(1)
     learner = SegmentationLearner(site, ProstateConfig(**config), output_dir=Path(config["data_root"]).parent / "ref")
@@ -102,9 +106,11 @@ def _reference_site(site: str, config: dict, conn) -> None:
     while (state := conn.recv()) is not None:
         loop.model.load_state_dict(state)
         loop.validate()  # the received global model, as fit_round scores it
+        start = time.perf_counter()
         loop.train_steps(steps)
+        trained = time.perf_counter() - start
         loop.validate()  # the site's trained model
-        conn.send(({k: v.detach().clone() for k, v in loop.model.state_dict().items()}, steps))
+        conn.send(({k: v.detach().clone() for k, v in loop.model.state_dict().items()}, steps, trained))
     conn.close()
 
 
@@ -122,7 +128,7 @@ def run_reference(data_root, datalists, n_sites: int, rounds: int, epochs: int, 
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ctx = mp.get_context("spawn")
     launched = time.time()
-    pipes, procs = [], []
+    pipes, procs, train_seconds = [], [], []
     try:
         for i in range(n_sites):
             parent, child = ctx.Pipe()
@@ -138,6 +144,7 @@ def run_reference(data_root, datalists, n_sites: int, rounds: int, epochs: int, 
             for conn in pipes:
                 conn.send(global_state)
             results = [conn.recv() for conn in pipes]
+            train_seconds += [r[2] for r in results]
             averaged = weighted_average([r[0] for r in results], [r[1] for r in results])
             global_state = {k: torch.as_tensor(v) for k, v in averaged.items()}
         ended = time.time()
@@ -152,7 +159,7 @@ def run_reference(data_root, datalists, n_sites: int, rounds: int, epochs: int, 
                 proc.kill()
                 proc.join(5)
     return {"fl_seconds": ended - started, "startup_seconds": started - launched, "shutdown_seconds": closed - ended,
-            "wall_seconds": closed - launched}
+            "wall_seconds": closed - launched, "train_seconds": train_seconds}
 
 
 def run_simulator(data_root, datalists, work, n_sites, rounds, epochs):
@@ -165,10 +172,12 @@ def run_simulator(data_root, datalists, work, n_sites, rounds, epochs):
     launched = time.time()
     result = execute(build_recipe(args), args)
     total = time.time() - launched
-    events = []
+    events, train_seconds = [], []
     for log in result.glob("site-*/log.txt"):
         for line in log.read_text().splitlines():
             m = STAMP.match(line)
+            if m and m.group(4) == "val_dice" and (t := TRAIN_SECONDS.search(line)):
+                train_seconds.append(float(t.group(1)))  # the learner's own timing of its training steps
             if m:
                 t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
                 events.append((t, m.group(2), int(m.group(3)), m.group(4)))
@@ -177,7 +186,21 @@ def run_simulator(data_root, datalists, work, n_sites, rounds, epochs):
     if not starts or len(ends) != n_sites:
         raise RuntimeError(f"could not find round timestamps in the site logs under {result}")
     return {"fl_seconds": max(ends) - min(starts), "startup_seconds": min(starts) - launched, "wall_seconds": total,
-            "shutdown_seconds": launched + total - max(ends)}
+            "shutdown_seconds": launched + total - max(ends), "turnaround_seconds": turnarounds(events, rounds),
+            "train_seconds": train_seconds}
+
+
+def turnarounds(events: list[tuple], rounds: int) -> list[float]:
+    """Per round boundary: from the last site's result of round r - 1 (its val_dice line, logged just before it
+    sends) to the last site's "training started" of round r: what the framework adds between rounds on the
+    critical path (sending, aggregating, persisting, scheduling, fetching, loading)."""
+    out = []
+    for r in range(1, rounds):
+        ended = [t for t, _, rnd, kind in events if kind == "val_dice" and rnd == r - 1]
+        started = [t for t, _, rnd, kind in events if kind == "training started" and rnd == r]
+        if ended and started:
+            out.append(max(started) - max(ended))
+    return out
 
 
 def main(argv=None) -> int:
@@ -185,16 +208,20 @@ def main(argv=None) -> int:
     p.add_argument("--sites", type=int, default=2, help="sites (one simulator process each; 2 fits 2 cores)")
     p.add_argument("--cases-per-site", type=int, default=16)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--local-epochs", type=int, default=10)
+    p.add_argument("--local-epochs", type=int, default=20, help="local epochs per round (20: FL time ~2.5 min)")
+    p.add_argument("--p1-repeats", type=int, default=3,
+                   help="simulator / reference pairs, interleaved (sim ref ref sim ...); P1 is the median ratio")
     p.add_argument("--p2-steps", type=int, default=60, help="training steps per P2 repeat")
-    p.add_argument("--p2-repeats", type=int, default=5, help="interleaved P2 repeats (median ratio)")
+    p.add_argument("--p2-repeats", type=int, default=7, help="interleaved P2 repeats (median ratio)")
     p.add_argument("--parts", nargs="+", choices=("p1", "p2"), default=["p1", "p2"], help="what to measure")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (numbers meaningless)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.quick:
-        a.cases_per_site, a.rounds, a.local_epochs, a.p2_steps, a.p2_repeats = 3, 1, 1, 3, 1
+        a.cases_per_site, a.rounds, a.local_epochs, a.p2_steps, a.p2_repeats, a.p1_repeats = 3, 1, 1, 3, 1, 1
+    if a.p1_repeats < 1 or a.p2_repeats < 1:
+        p.error(f"--p1-repeats and --p2-repeats must be >= 1, got {a.p1_repeats} and {a.p2_repeats}")
     out = Path(a.out)
     work = out / "fedavg_work"
     load_start = [round(x, 2) for x in os.getloadavg()]
@@ -227,14 +254,34 @@ def main(argv=None) -> int:
     return 0
 
 
+def interleaved(pairs: int, first: str = "sim", second: str = "ref") -> list[str]:
+    """a b | b a | a b ...: each pair's order flips, so a drift in the machine's speed favours neither side."""
+    return [kind for i in range(pairs) for kind in ((first, second) if i % 2 == 0 else (second, first))]
+
+
+def _median(values) -> float:
+    return float(np.median(values))
+
+
+def _ratio_text(a: list[float], b: list[float]) -> str:
+    if not a or not b:
+        return "-"
+    return f"{np.mean(a):.2f} s / {np.mean(b):.2f} s = {np.mean(a) / np.mean(b):.3f}"
+
+
 def part_p1(a, data_root, datalists, work, learners, steps_per_round, threads, results) -> list[str]:
-    print(f">> P1: simulator, {a.sites} sites x {a.rounds} rounds x {a.local_epochs} epochs", flush=True)
     load_p1 = [round(x, 2) for x in os.getloadavg()]
-    sim = run_simulator(data_root, datalists, work, a.sites, a.rounds, a.local_epochs)
+    sims, refs = [], []
+    for kind in interleaved(a.p1_repeats):
+        if kind == "sim":
+            print(f">> P1 [{len(sims) + 1}/{a.p1_repeats}]: simulator, {a.sites} sites x {a.rounds} rounds x "
+                  f"{a.local_epochs} epochs", flush=True)
+            sims.append(run_simulator(data_root, datalists, work, a.sites, a.rounds, a.local_epochs))
+        else:
+            print(f">> P1 [{len(refs) + 1}/{a.p1_repeats}]: reference, {a.sites} plain single-threaded processes "
+                  f"in parallel, averaging in the parent", flush=True)
+            refs.append(run_reference(data_root, datalists, a.sites, a.rounds, a.local_epochs, a.seed))
     sim_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f">> P1: reference, {a.sites} plain single-threaded processes in parallel, averaging in the parent",
-          flush=True)
-    ref = run_reference(data_root, datalists, a.sites, a.rounds, a.local_epochs, a.seed)
     plain = PlainLoop(learners)
     print(f">> P1: pooled plain loop ({threads} threads), {steps_per_round * a.rounds} steps + {2 * a.rounds} "
           f"validation passes", flush=True)
@@ -244,33 +291,51 @@ def part_p1(a, data_root, datalists, work, learners, steps_per_round, threads, r
         plain.validate()
         plain.validate()
     plain_seconds = time.perf_counter() - start
+    ratios = [sim["fl_seconds"] / ref["fl_seconds"] for sim, ref in zip(sims, refs)]
+    fl, ref_s = _median([x["fl_seconds"] for x in sims]), _median([x["fl_seconds"] for x in refs])
+    turn = [t for sim in sims for t in sim["turnaround_seconds"]]
+    medians = {f"{prefix}_{key}": _median([x[key] for x in runs])
+              for runs, prefix in ((sims, "simulator"), (refs, "reference"))
+              for key in ("startup_seconds", "shutdown_seconds", "wall_seconds")}
     results.update({
-        "P1_fl_seconds": sim["fl_seconds"],
-        "P1_reference_seconds": ref["fl_seconds"],
-        "P1_ratio": sim["fl_seconds"] / ref["fl_seconds"],
+        "P1_fl_seconds": fl,
+        "P1_reference_seconds": ref_s,
+        "P1_ratio": _median(ratios),
+        "P1_ratios": ratios,
+        "P1_runs": {"simulator": sims, "reference": refs, "order": interleaved(a.p1_repeats)},
+        "P1_turnaround_seconds": {"mean": float(np.mean(turn)) if turn else None, "max": max(turn, default=None),
+                                  "n": len(turn)},
         "P1_plain_seconds": plain_seconds,
-        "P1_pooled_ratio": sim["fl_seconds"] / plain_seconds,
-        "simulator_startup_seconds": sim["startup_seconds"],
-        "simulator_shutdown_seconds": sim["shutdown_seconds"],
-        "simulator_wall_seconds": sim["wall_seconds"],
-        "reference_startup_seconds": ref["startup_seconds"],
-        "reference_shutdown_seconds": ref["shutdown_seconds"],
-        "reference_wall_seconds": ref["wall_seconds"],
+        "P1_pooled_ratio": fl / plain_seconds,
+        **medians,
         "peak_rss_mb_simulator_processes": sim_peak_mb,
         "load_average_at_P1": load_p1,
     })
+    train_sim = [t for x in sims for t in x["train_seconds"]]
+    train_ref = [t for x in refs for t in x["train_seconds"]]
+    results["P1_train_seconds_per_site_round"] = {
+        "simulator": float(np.mean(train_sim)) if train_sim else None,
+        "reference": float(np.mean(train_ref)) if train_ref else None, "n": [len(train_sim), len(train_ref)]}
+    each = ", ".join(f"{r:.3f}" for r in ratios)
+    turn_text = (f"{np.mean(turn):.2f} s mean, {max(turn):.2f} s max over {len(turn)} round boundaries "
+                 f"({100 * sum(turn) / sum(x['fl_seconds'] for x in sims):.1f} % of FL time)") if turn else "-"
+    m = medians
     return [
         f"| **P1 FL time / reference (one plain single-threaded process per site in parallel, same steps, "
-        f"validations and averaging)** | **{results['P1_ratio']:.2f}** "
-        f"({sim['fl_seconds']:.1f} s / {ref['fl_seconds']:.1f} s) | <= 1.05 |",
+        f"validations and averaging)**, median of {len(ratios)} interleaved pairs | **{results['P1_ratio']:.2f}** "
+        f"(pairs: {each}; medians {fl:.1f} s / {ref_s:.1f} s) | <= 1.05 |",
+        f"| P1 between rounds: last site's result to last site's next training start (framework only) | "
+        f"{turn_text} | |",
+        f"| P1 training steps alone, seconds per site and round: simulator (the learner's engine) / reference "
+        f"(mean of {len(train_sim)} / {len(train_ref)}) | {_ratio_text(train_sim, train_ref)} | |",
         f"| P1 FL time / one pooled plain process with {threads} threads (older comparison) | "
-        f"{results['P1_pooled_ratio']:.2f} ({sim['fl_seconds']:.1f} s / {plain_seconds:.1f} s) | |",
-        f"| start-up (launch to first training step): simulator / reference | {sim['startup_seconds']:.1f} s / "
-        f"{ref['startup_seconds']:.1f} s | |",
-        f"| shutdown (last round to exit): simulator / reference | {sim['shutdown_seconds']:.1f} s / "
-        f"{ref['shutdown_seconds']:.1f} s | |",
-        f"| wall time in total: simulator / reference | {sim['wall_seconds']:.1f} s / {ref['wall_seconds']:.1f} s "
-        f"| |",
+        f"{results['P1_pooled_ratio']:.2f} ({fl:.1f} s / {plain_seconds:.1f} s) | |",
+        f"| start-up (launch to first training step): simulator / reference (medians) | "
+        f"{m['simulator_startup_seconds']:.1f} s / {m['reference_startup_seconds']:.1f} s | |",
+        f"| shutdown (last round to exit): simulator / reference (medians) | {m['simulator_shutdown_seconds']:.1f} s "
+        f"/ {m['reference_shutdown_seconds']:.1f} s | |",
+        f"| wall time per run: simulator / reference (medians) | {m['simulator_wall_seconds']:.1f} s / "
+        f"{m['reference_wall_seconds']:.1f} s | |",
         f"| peak RSS, largest simulator process | {sim_peak_mb:.0f} MB | |",
         f"| load averages (1/5/15 min) at P1 start | {load_p1} | |",
     ]
@@ -288,20 +353,19 @@ def part_p2(a, learner, threads, results) -> list[str]:
     single.train_steps(per_epoch)  # warm-up of both (caches, allocator)
     learner.train_round()
     learner_times, plain_times = [], []
-    for _ in range(a.p2_repeats):
+    runs = {"learner": (learner.train_round, learner_times), "plain": (lambda: single.train_steps(steps), plain_times)}
+    for kind in interleaved(a.p2_repeats, "learner", "plain"):
+        run, times = runs[kind]
         start = time.perf_counter()
-        learner.train_round()
-        learner_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        single.train_steps(steps)
-        plain_times.append(time.perf_counter() - start)
+        run()
+        times.append(time.perf_counter() - start)
     ratios = sorted(p / lt for p, lt in zip(plain_times, learner_times))
     learner_s, plain_s = float(np.median(learner_times)), float(np.median(plain_times))
     profile = profile_p2(learner, single, steps)
     results.update({
         "P2_learner_steps_per_s": steps / learner_s,
         "P2_plain_steps_per_s": steps / plain_s,
-        "P2_ratio": ratios[len(ratios) // 2],
+        "P2_ratio": _median(ratios),
         "P2_ratios": ratios,
         "P2_steps_per_repeat": steps,
         "P2_profile_seconds": profile,
@@ -311,7 +375,8 @@ def part_p2(a, learner, threads, results) -> list[str]:
     return [
         f"| **P2 learner throughput / plain loop** (median of {a.p2_repeats} interleaved repeats of {steps} steps) "
         f"| **{results['P2_ratio']:.2f}** ({results['P2_learner_steps_per_s']:.2f} vs "
-        f"{results['P2_plain_steps_per_s']:.2f} steps/s) | >= 0.97 |",
+        f"{results['P2_plain_steps_per_s']:.2f} steps/s; pairs {ratios[0]:.2f} to {ratios[-1]:.2f}, quartiles "
+        f"{np.percentile(ratios, 25):.2f} / {np.percentile(ratios, 75):.2f}) | >= 0.97 |",
         f"| P2 profile, learner round (s): step compute / data loading / engine events + bookkeeping / "
         f"snapshot + checkpoint | {lr_p['step']:.2f} / {lr_p['data']:.2f} / {lr_p['engine']:.3f} / "
         f"{lr_p['round_fixed']:.3f} (of {lr_p['total']:.2f}) | |",

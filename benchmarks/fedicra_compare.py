@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._wire import RoundBytes  # noqa: E402
 from benchmarks.stats import Claim, write_comparison  # noqa: E402
 from src.aggregators.fedavg import weighted_average  # noqa: E402
 from src.config.fedicra import FedICRAConfig  # noqa: E402
@@ -76,21 +77,31 @@ def _test_scores(learner, state: dict | None) -> list[dict]:
 
 
 def run_method(method: str, sites: list[str], base: dict, seed: int, rounds: int, out: Path,
-               tracker=None) -> dict[str, list]:
+               tracker=None, meter: RoundBytes | None = None) -> dict[str, list]:
     """One method, one seed: ``{site: per-image test scores}`` of its validation-selected model(s).
 
     ``tracker`` (TensorBoard, ``<out>/tb``) gets every site's round metrics under ``<method>/seed<seed>/<site>``
-    with the same metric names as the NVFlare job's dashboards.
+    with the same metric names as the NVFlare job's dashboards. ``meter`` keeps each round's messages for the bytes
+    on the wire (``local`` sends nothing): the task is the server's whole model, as the job's server holds every key
+    and only the shared ones are averaged in.
     """
     from src.learners.fedicra import FedICRALearner
 
     work = out / "models" / f"{method}_seed{seed}"
     if method == "centralised":
         return run_centralised(sites, base, seed, rounds, work)
+    from src.learners.client_api import result_message
+
     learners = {s: FedICRALearner(s, _config(base, method, seed), output_dir=work) for s in sites}
     global_state, best = None, (-np.inf, None)
+    meter = meter if method != "local" else None
+    server_model = {k: v.detach().clone() for k, v in next(iter(learners.values())).model.state_dict().items()}
     for r in range(1, rounds + 1):
         results = {s: lr.fit_round(global_state, r) for s, lr in learners.items()}
+        if meter is not None:
+            meter.task(method, r, server_model, rounds)
+            for res in results.values():
+                meter.result(method, r, result_message(res))
         if tracker is not None:
             for s, res in results.items():
                 tracker.log(f"{method}/seed{seed}/{s}", res.metrics, r)
@@ -101,6 +112,7 @@ def run_method(method: str, sites: list[str], base: dict, seed: int, rounds: int
         shared = weighted_average([res.params for res in results.values()],
                                   [res.num_steps for res in results.values()])
         global_state = {k: torch.as_tensor(v) for k, v in shared.items()}
+        server_model.update(global_state)
         mean_local = np.mean([res.metrics.get("val_dice_local", np.nan) for res in results.values()])
         print(f"  [{method} seed {seed}] round {r}/{rounds}: mean local val_dice {mean_local:.3f}", flush=True)
     scores = {}
@@ -205,13 +217,13 @@ def main(argv=None) -> dict:
             "mixing_batches": 2, "mixing_max_first_epochs": 10, "num_threads": args.threads, "tracking": ()}
     from benchmarks.iopfl_compare import Tracker
 
-    tracker = Tracker(out)
+    tracker, meter = Tracker(out), RoundBytes()
     rows, timing = [], {}
     start = time.perf_counter()
     for seed in args.seeds:
         for method in args.methods:
             t0 = time.perf_counter()
-            scores = run_method(method, sites, base, seed, settings["rounds"], out, tracker)
+            scores = run_method(method, sites, base, seed, settings["rounds"], out, tracker, meter)
             timing[f"{method}/seed{seed}"] = round(time.perf_counter() - t0, 1)
             rows += volume_rows(args.task, method, seed, scores)
             print(f"[{method} seed {seed}] {timing[f'{method}/seed{seed}']} s", flush=True)
@@ -233,7 +245,7 @@ def main(argv=None) -> dict:
            "command": "python -m benchmarks.fedicra_compare " + " ".join(argv if argv is not None else sys.argv[1:])}
     meta = {"algorithm": "fedicra", "title": f"FedICRA, {args.task.upper()}: weakly-supervised personalised FL "
             "(arXiv 2304.05635)", "synthetic": True, "run_label": label, "note": note,
-            "primary_metric": f"dice_{STRUCTURES[args.task][-1]}",
+            "primary_metric": f"dice_{STRUCTURES[args.task][-1]}", "bytes_per_round": meter.measure(),
             "settings": run, "metrics": {f"{k}_{st}": f"{'Dice' if k == 'dice' else 'HD95 (pixels)'} of the {st} per "
                                          "test image" for st in STRUCTURES[args.task] for k in ("dice", "hd95")}}
     name = f"fedicra_compare_{args.task}"

@@ -46,11 +46,13 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._wire import RoundBytes  # noqa: E402
 from benchmarks.stats import Claim, summarise, write_comparison  # noqa: E402
 from src.aggregators.fedmri import EncoderAverageAggregator, FedMRIFedAvg  # noqa: E402
 from src.config.fedmri import FedMRIConfig  # noqa: E402
+from src.learners.client_api import result_message  # noqa: E402
 from src.learners.fedmri import FedMRILearner  # noqa: E402
-from src.protocol import NUM_STEPS_KEY  # noqa: E402
+from src.protocol import NUM_STEPS_KEY, pack_payload  # noqa: E402
 
 METHODS = ("fedmri-linear", "fedmri-exact", "fedavg", "fedprox", "fedbn", "lg-fedavg", "local")
 SITES = ("site-1", "site-2", "site-3", "site-4")
@@ -140,10 +142,6 @@ def _config(method: str, seed: int, args, data: Path, datalists: Path) -> FedMRI
     )
 
 
-def _nbytes(state) -> int:
-    return int(sum(np.asarray(v.detach().cpu() if hasattr(v, "detach") else v).nbytes for v in state.values()))
-
-
 def _personalised_scores(learner: FedMRILearner, params, method: str) -> tuple[dict, dict]:
     """(validation means, test scores per volume) of the site's personalised model: the received keys + its own
     personal keys (``local``: its own model)."""
@@ -171,9 +169,11 @@ def _example(learner: FedMRILearner, params, method: str) -> dict[str, np.ndarra
     return {k: vol[k][i].numpy() for k in ("input", "pred", "target")}
 
 
-def run_method(method: str, seed: int, args, data: Path, datalists: Path, workdir: Path) -> dict:
+def run_method(method: str, seed: int, args, data: Path, datalists: Path, workdir: Path,
+               meter: RoundBytes | None = None) -> dict:
     """Train ``method`` for ``args.rounds`` rounds from ``seed``; per site: best round by validation PSNR and its
-    test metrics, bytes per round, the example slice."""
+    test metrics, the example slice. ``meter`` keeps each round's messages (the task with its extras, every
+    site's result) for the bytes on the wire; ``local`` sends nothing."""
     sites = list(SITES[: args.sites])
     learners = {}
     for site in sites:
@@ -193,31 +193,29 @@ def run_method(method: str, seed: int, args, data: Path, datalists: Path, workdi
 
     global_params = {k: v.clone() for k, v in init.items() if k in shared_keys}
     best = {s: {"val_psnr": -np.inf} for s in sites}
-    download, upload = [], []
+    meter = meter if method != "local" else None
     start = time.perf_counter()
     for r in range(1, args.rounds + 1):
         received = None if r == 1 else global_params
         extras = server.round_extras(FLModel(params=dict(global_params))) if r > 1 else {}
-        extras_bytes = _nbytes({k: torch.as_tensor(np.asarray(v)) for k, v in extras.items()}) if extras else 0
-        download.append(_nbytes(global_params) + extras_bytes if method != "local" else 0)
+        if meter is not None:  # the job's server sends the global model with the round's extras packed in
+            meter.task(method, r, pack_payload(global_params, extras), args.rounds)
         if received is not None:
             _track(best, learners, received, method, r - 1)
         agg = server.aggregator
         agg.set_reference(global_params)
         agg.reset_stats()
-        sent = 0
         for site, learner in learners.items():
             result = learner.fit_round(received, r, extras)
             meta = {"client_name": site, NUM_STEPS_KEY: result.num_steps, **result.meta}
             agg.accept_model(FLModel(params=result.params, meta=meta))
-            sent = _nbytes(result.params)
-        upload.append(sent if method != "local" else 0)
+            if meter is not None:
+                meter.result(method, r, result_message(result))
         aggregated = agg.aggregate_model()
         global_params = {k: torch.as_tensor(np.asarray(v)) for k, v in aggregated.params.items()}
     _track(best, learners, global_params, method, args.rounds)
     seconds = time.perf_counter() - start
-    return {"sites": best, "download_bytes_per_round": download, "upload_bytes_per_round": upload,
-            "seconds": seconds, "shared_keys": len(shared_keys),
+    return {"sites": best, "seconds": seconds, "shared_keys": len(shared_keys),
             "kspace_source": {s: learners[s].kspace_sources for s in sites}}
 
 
@@ -235,14 +233,15 @@ def _track(best: dict, learners: dict, params, method: str, round_index: int) ->
 
 
 # ---- reporting ----------------------------------------------------------------------------------------------
-def site_rows(results: dict) -> list[dict]:
-    """Per (site, method, seed): the test means, the best round, k-space source, bytes (the JSON summary's rows)."""
+def site_rows(results: dict, wire: dict) -> list[dict]:
+    """Per (site, method, seed): the test means, the best round, k-space source, bytes per round on the wire
+    (``wire``: :meth:`RoundBytes.measure`; 0 for a method that sends nothing) (the JSON summary's rows)."""
     rows = []
     for (method, seed), res in sorted(results.items()):
         for site, m in res["sites"].items():
             values = {k: m[k] for k in (*METRICS, "val_psnr", "best_round", "test_measured_kspace")}
-            values["download_bytes_per_round"] = float(np.mean(res["download_bytes_per_round"][1:] or [0]))
-            values["upload_bytes_per_round"] = float(np.mean(res["upload_bytes_per_round"]))
+            values["download_bytes_per_round"] = wire.get(method, {}).get("server_to_site", 0.0)
+            values["upload_bytes_per_round"] = wire.get(method, {}).get("site_to_server", 0.0)
             rows += [{"site": site, "method": method, "seed": seed, "metric": k, "value": float(v)}
                      for k, v in values.items()]
     return rows
@@ -264,19 +263,6 @@ def summary_of(rows: list[dict]) -> dict:
         groups.setdefault(r["site"], {}).setdefault(r["method"], {}).setdefault(r["metric"], []).append(r["value"])
     return {site: {method: {metric: vars(summarise(v)) for metric, v in metrics.items()}
                    for method, metrics in methods.items()} for site, methods in groups.items()}
-
-
-def communication_markdown(results: dict, methods) -> str:
-    lines = ["## Communication per site and round (bytes)", "", "| method | download (server -> site) | "
-             "upload (site -> server) |", "|---|---:|---:|"]
-    for m in methods:
-        res = [r for (mm, _), r in results.items() if mm == m]
-        if res:
-            down = np.mean(res[0]["download_bytes_per_round"][1:] or [0])
-            up = np.mean(res[0]["upload_bytes_per_round"])
-            lines.append(f"| {m} | {down:,.0f} | {up:,.0f} |")
-    lines += ["", "Download from round 2 on (round 1 carries no negatives).", ""]
-    return "\n".join(lines)
 
 
 def run_label(args) -> str:
@@ -323,13 +309,14 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data, datalists = prepare_data(args)
-    results = {}
+    results, meter = {}, RoundBytes()
     for method in args.methods:
         for seed in args.seeds:
-            results[(method, seed)] = run_method(method, seed, args, data, datalists, args.out / "work")
+            results[(method, seed)] = run_method(method, seed, args, data, datalists, args.out / "work", meter)
             print(f"{method} seed {seed}: {results[(method, seed)]['seconds']:.0f} s", flush=True)
     seconds = time.perf_counter() - start
-    summary = summary_of(site_rows(results))
+    wire = meter.measure()
+    summary = summary_of(site_rows(results, wire))
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     label = run_label(args) if args.data_root is None else "run on data supplied by the user"
     best_rounds = {f"{m}/seed{s}/{site}": r["sites"][site]["best_round"] for (m, s), r in results.items()
@@ -341,20 +328,17 @@ def main(argv=None) -> dict:
                                                                               else sys.argv[1:])}
     meta = {"algorithm": "fedmri", "title": "FedMRI: specificity-preserving FL for MR reconstruction (Feng et al., "
             "TMI 2022)", "synthetic": args.data_root is None, "run_label": label, "primary_metric": "psnr",
-            "settings": settings,
+            "settings": settings, "bytes_per_round": wire,
             "metrics": {"psnr": "PSNR per volume (dB)", "ssim": "SSIM per volume (7x7 window)",
                         "nmse": "NMSE per volume"}}
     paths = write_comparison(args.out, NAME, volume_rows(results), meta, CLAIMS)
     payload = {"config": config, "summary": summary, "seconds": seconds, "meta": meta,
                "kspace_source": {f"{m}/seed{s}": r["kspace_source"] for (m, s), r in results.items()},
-               "bytes": {f"{m}/seed{s}": {"download_per_round": r["download_bytes_per_round"],
-                                           "upload_per_round": r["upload_bytes_per_round"]}
-                         for (m, s), r in results.items()}}
+               "bytes_per_round": wire}
     (args.out / f"{NAME}.json").write_text(json.dumps(payload, indent=2))
     from benchmarks.report import write_comparison_report
 
-    md = write_comparison_report(paths["scores"], args.out)
-    md.write_text(md.read_text() + "\n" + communication_markdown(results, args.methods))
+    write_comparison_report(paths["scores"], args.out)
     figure(results, args, args.out / "fedmri_compare_examples.png")
     print((args.out / "fedmri_compare.md").read_text())
     return payload

@@ -29,15 +29,16 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._wire import RoundBytes  # noqa: E402
 from benchmarks.stats import Claim, write_comparison  # noqa: E402
 from data_prep.common import atomic_write_json  # noqa: E402
 from data_prep.multisite_prostate import RAW_SITES, site_id  # noqa: E402
 from src.aggregators.fedavg import weighted_average  # noqa: E402
-from src.comm.wire_report import tensor_bytes  # noqa: E402
 from src.config.iopfl import IOPFLConfig  # noqa: E402
 from src.data.datalist import load_site_datalist  # noqa: E402
 from src.inference.outside import evaluate_outside, load_stream  # noqa: E402
 from src.inference.test_time_routing import RoutingConfig  # noqa: E402
+from src.learners.client_api import result_message  # noqa: E402
 from src.learners.iopfl import IOPFLLearner  # noqa: E402
 from src.learners.prostate2d import Prostate2DLearner  # noqa: E402
 from src.metrics.slice_volume import per_volume_scores, score_slices  # noqa: E402
@@ -122,12 +123,14 @@ def _test(lr, params=None) -> dict:
             lr.model.load_state_dict(backup)
 
 
-def run_federated(algorithm: str, sites, cfg_kwargs, rounds, init, out, tracker) -> dict:
+def run_federated(algorithm: str, sites, cfg_kwargs, rounds, init, out, tracker, meter: RoundBytes | None = None
+                  ) -> dict:
     """One in-process federated run; returns per-site test scores of its models (last and best).
 
     Each round is the learners' own :meth:`~src.learners.base.FederatedLearner.fit_round` (the order the NVFlare
     job runs), then the weighted FedAvg of the job's aggregator. A global model's validation scores are the ones
     the sites compute when they receive it in the next round (after the last round, one extra validation).
+    ``meter`` keeps the round's messages (the task and each site's result) for the bytes on the wire.
     """
     cls = IOPFLLearner if algorithm == "iopfl" else Prostate2DLearner
     learners = {s: cls(s, IOPFLConfig(**cfg_kwargs, algorithm=algorithm), output_dir=out / algorithm) for s in sites}
@@ -144,11 +147,12 @@ def run_federated(algorithm: str, sites, cfg_kwargs, rounds, init, out, tracker)
         print(f"[{algorithm}] round {r}/{rounds}: mean global val_dice {mean_val:.4f} ({seconds:.1f} s)", flush=True)
 
     train, start = {}, time.perf_counter()
-    sent = {"server_to_site": [], "site_to_server": []}  # computed bytes per site and round (see round_bytes)
     for r in range(1, rounds + 1):
-        sent["server_to_site"].append(tensor_bytes(global_state))
         results = {s: lr.fit_round(global_state, r) for s, lr in learners.items()}
-        sent["site_to_server"].append(float(np.mean([tensor_bytes(res.params) for res in results.values()])))
+        if meter is not None:
+            meter.task(algorithm, r, global_state, rounds)
+            for res in results.values():
+                meter.result(algorithm, r, result_message(res))
         if r > 1:  # the sites just scored the global model of round r - 1
             consider(r - 1, global_state, {s: res.received_metrics for s, res in results.items()}, train,
                      time.perf_counter() - start)
@@ -160,7 +164,7 @@ def run_federated(algorithm: str, sites, cfg_kwargs, rounds, init, out, tracker)
                  for s, res in results.items()}
     consider(rounds, global_state, {s: lr.evaluate(global_state, "validation") for s, lr in learners.items()},
              train, time.perf_counter() - start)
-    out_scores = {"best_round": best[1], "_bytes": {d: float(np.mean(v)) for d, v in sent.items()}}
+    out_scores = {"best_round": best[1]}
     for s, lr in learners.items():
         label = "site model" if algorithm == "fedbn" else "global"
         out_scores.setdefault(f"{label} (last)", {})[s] = _test(lr, global_state)
@@ -177,15 +181,10 @@ def run_federated(algorithm: str, sites, cfg_kwargs, rounds, init, out, tracker)
 
 #: federated runs of the comparison and the name of the global model each yields (IOP-FL's global is FedAvg's)
 FEDERATED_METHODS = {"iopfl": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN"}
-#: what one round costs per site and method, **computed** (not measured: these runs are in-process, no NVFlare):
-#: server -> site = raw tensor bytes of the global model the job's server would send; site -> server = raw bytes
-#: of the keys the site's learner shares (``shared_state``: FedBN keeps its norms). NVFlare's encoding adds about
-#: 1-2 % (see docs/communication.md); filled by :func:`run_federated_methods`
-ROUND_BYTES: dict[str, dict[str, float]] = {}
 
 
 def run_federated_methods(sites, cfg_kwargs, rounds, init, out, tracker,
-                          algorithms=tuple(FEDERATED_METHODS)) -> tuple[dict, dict]:
+                          algorithms=tuple(FEDERATED_METHODS), meter: RoundBytes | None = None) -> tuple[dict, dict]:
     """Run each federated algorithm from the same ``init``; (inside scores by table name, model states by algorithm).
 
     Table names: ``FedAvg global (last)``, ``IOP-FL personalised (best)``, ``FedBN site model (last)``, ...
@@ -193,9 +192,8 @@ def run_federated_methods(sites, cfg_kwargs, rounds, init, out, tracker,
     """
     inside, states = {}, {}
     for algorithm in algorithms:
-        res = run_federated(algorithm, sites, cfg_kwargs, rounds, init, out, tracker)
+        res = run_federated(algorithm, sites, cfg_kwargs, rounds, init, out, tracker, meter)
         states[algorithm] = res.pop("_states")
-        ROUND_BYTES[FEDERATED_METHODS[algorithm]] = res.pop("_bytes")
         res.pop("best_round")
         prefix = FEDERATED_METHODS[algorithm]
         for k, v in res.items():
@@ -255,11 +253,6 @@ def markdown(inside: dict, outside: dict, sites, ood: str, meta: dict) -> str:
                  for s in sites]
         mean = np.mean([per_site[s]["test_dice"] for s in sites])
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean:.3f} |")
-    if ROUND_BYTES:
-        lines += ["", "## What a round costs per site (computed from the tensor sizes, not measured: these runs are "
-                  "in-process, without NVFlare)", "", "| method | server -> site bytes | site -> server bytes |",
-                  "|---|---|---|"]
-        lines += [f"| {m} | {b['server_to_site']:,.0f} | {b['site_to_server']:,.0f} |" for m, b in ROUND_BYTES.items()]
     lines += ["", f"## Outside: held-out site {ood} (all its slices as one unlabelled stream)", "",
               "| method | 3-D Dice | HD95 | 2-D Dice (ref.) |", "|---|---|---|---|"]
     for method, m in outside.items():
@@ -359,14 +352,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_seed(args, seed: int, sites, ood: str, out: Path, tracker) -> tuple[dict, dict, dict, dict]:
+def run_seed(args, seed: int, sites, ood: str, out: Path, tracker, meter: RoundBytes | None = None
+             ) -> tuple[dict, dict, dict, dict]:
     """Every method once with training seed ``seed``: (inside, outside, outside per-volume, meta)."""
     cfg_kwargs = {"data_root": str(Path(args.data_root).resolve()), "datalist_dir": str(Path(args.datalist_dir)),
                   "features": tuple(args.features), "seed": seed, "num_threads": args.threads, "tracking": ()}
     torch.manual_seed(seed)
     init = _state(UNet2D(features=args.features))
     models = out / "models" / f"seed{seed}"
-    inside, states = run_federated_methods(sites, cfg_kwargs, args.rounds, init, models, tracker)
+    inside, states = run_federated_methods(sites, cfg_kwargs, args.rounds, init, models, tracker, meter=meter)
     inside.update(run_local(sites, cfg_kwargs, args.rounds, init, models, tracker))
     inside.update(run_central(sites, cfg_kwargs, args.rounds, init, models, tracker))
 
@@ -384,14 +378,14 @@ def run_seed(args, seed: int, sites, ood: str, out: Path, tracker) -> tuple[dict
     return inside, outside, outside_volumes, {"ood_slices": len(items), "ood_cases": len(set(cases))}
 
 
-def _write_results(args, argv, out: Path, rows, per_seed, data, sites, ood, test_cases, seconds) -> None:
+def _write_results(args, argv, out: Path, rows, per_seed, data, sites, ood, test_cases, seconds,
+                   wire: dict) -> None:
     settings = {"num_rounds": args.rounds, "local_epochs": 1, "seeds": sorted(per_seed), "ood_test": ood,
                 "sites": sites, "features": args.features, "tta_passes": args.tta_passes, "test_volumes": test_cases,
                 "threads": args.threads, "wall_seconds": round(seconds, 1), "data": data,
-                "bytes_per_round_computed": dict(ROUND_BYTES),
                 "command": "python -m benchmarks.iopfl_compare " + " ".join(argv if argv is not None else sys.argv[1:])}
     meta = {"algorithm": "iopfl", "title": "IOP-FL: inside and outside personalisation (Jiang et al., TMI 2023)",
-            "synthetic": data.get("source") == "synthetic", "settings": settings,
+            "synthetic": data.get("source") == "synthetic", "settings": settings, "bytes_per_round": wire,
             "metrics": {"dice": "3-D foreground Dice per volume", "hd95": "HD95 per volume (voxels)",
                         "dice2d": "the reference's 2-D Dice incl. background"}}
     write_comparison(out, NAME, rows, meta, CLAIMS)
@@ -412,12 +406,12 @@ def main(argv=None) -> int:
     sites = [site_id(s) for s in RAW_SITES if site_id(s) != ood]
     if len(sites) == len(RAW_SITES):
         raise ValueError(f"--ood-test must be one of {RAW_SITES}, got {args.ood_site!r}")
-    tracker = Tracker(out)
+    tracker, meter = Tracker(out), RoundBytes()
     rows, per_seed = [], {}
     test_cases = {s: _count_cases(Path(args.datalist_dir) / f"{s}.json", "testing") for s in sites}
     for seed in args.seeds:
         seed_start = time.perf_counter()
-        inside, outside, outside_volumes, extra = run_seed(args, seed, sites, ood, out, tracker)
+        inside, outside, outside_volumes, extra = run_seed(args, seed, sites, ood, out, tracker, meter)
         seconds = time.perf_counter() - seed_start
         meta = {"test_cases": test_cases, **extra, "rounds": args.rounds, "ood_site": ood, "sites": sites,
                 "features": args.features, "tta_passes": args.tta_passes, "seconds": round(seconds, 1), "seed": seed,
@@ -429,7 +423,8 @@ def main(argv=None) -> int:
         per_seed[seed] = {"inside": inside, "outside": outside}
         print(f"[seed {seed}] done in {seconds:.0f} s", flush=True)
         # written after every seed: an interrupted run still leaves a valid comparison of the seeds it finished
-        _write_results(args, argv, out, rows, per_seed, data, sites, ood, test_cases, time.perf_counter() - start)
+        _write_results(args, argv, out, rows, per_seed, data, sites, ood, test_cases, time.perf_counter() - start,
+                       meter.measure())
     seconds = time.perf_counter() - start
     from benchmarks.report import write_comparison_report
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -132,10 +132,26 @@ def comparison_markdown(cmp: dict, plot_name: str | None = None, level: int = 2)
         lines += [f"{h}# Expected orderings", "", *_claim_lines(cmp["volumes"], cmp["claims"]), ""]
         notes = [f"- {c.better} vs {c.worse}: {c.note}" for c in cmp["claims"] if c.note]
         lines += notes + ([""] if notes else [])
+    lines += _wire_lines(meta.get("bytes_per_round") or {}, h)
     if plot_name:
         lines += [f"![{cmp['name']}]({plot_name})", ""]
     lines += [f"{h}# Run settings", "", "```", json.dumps(settings, indent=1, sort_keys=True), "```", ""]
     return "\n".join(lines)
+
+
+def _wire_lines(wire: Mapping, h: str) -> list[str]:
+    """The comparison's bytes per site and round (``meta["bytes_per_round"]``, see benchmarks/_wire.py); methods
+    that send nothing (local, centralised) are not in it."""
+    if not wire:
+        return []
+    lines = [f"{h}# Communication per site and round (bytes on the wire)", "",
+             "NVFlare's FOBS serialisation of the messages one round of the job sends: the server's task to a site "
+             "(global model and extras) and a site's result (shared keys, metrics, meta), as the jobs' WireBytes "
+             "filter counts them; transport framing and TCP/TLS not included. Methods that send nothing (local, "
+             "centralised) are not listed.", "",
+             "| method | server -> site | site -> server |", "|---|---:|---:|"]
+    rows = [f"| {m} | {b['server_to_site']:,.0f} | {b['site_to_server']:,.0f} |" for m, b in wire.items()]
+    return lines + rows + [""]
 
 
 def primary_metric(cmp: dict) -> str:

@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import machine, write_report  # noqa: E402
-from data_prep.common import own_folder, read_owner  # noqa: E402
+from data_prep.common import atomic_write_json, own_folder, read_owner  # noqa: E402
 
 JOBS = ("prostate2d", "mednist")
 OWNER = "benchmarks.scale"
@@ -76,9 +76,9 @@ def prepare(job: str, work: Path, max_sites: int) -> tuple[Path, Path]:
 
     # 6 classes x per_class images shared among the sites: 8 per site (training/validation/testing 6/1/1)
     per_class = max(3, -(-8 * max_sites // 6))
-    root = generate(work / "mednist", per_class=per_class, seed=0)
-    split(root, n_sites=max_sites, datalist_dir=work / "lists_mednist", fractions=(0.75, 0.125, 0.125))
-    return root, work / "lists_mednist"
+    generate(work / "mednist", per_class=per_class, seed=0)  # writes <work>/mednist/MedNIST/<Class>/
+    split(work / "mednist", n_sites=max_sites, datalist_dir=work / "lists_mednist", fractions=(0.75, 0.125, 0.125))
+    return work / "mednist", work / "lists_mednist"
 
 
 def job_command(job: str, n: int, data_root: Path, lists: Path, work: Path, rounds: int, extra: list[str]) -> list[str]:
@@ -371,7 +371,25 @@ def main(argv=None) -> int:
         shutil.rmtree(work)
     own_folder(work, OWNER)
     load_start = [round(x, 2) for x in os.getloadavg()]
-    rows, breakdown = [], {}
+    rows, breakdown, idle, cores = [], {}, idle_client_mb(), os.cpu_count() or 1
+
+    def save(complete: bool) -> None:
+        """The outputs of the runs so far (after every run: an interrupted sweep keeps what it measured)."""
+        verdict = verdicts(rows, cores)
+        settings = {"sites": a.sites, "jobs": a.jobs, "rounds": a.rounds, "job_args": a.job_arg, "cpu_cores": cores,
+                    "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
+                    "complete": complete,
+                    "command": "python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:])}
+        results = {"settings": settings, "runs": rows, "memory_per_site": breakdown, "idle_client_mb": idle,
+                   "verdict": verdict, "machine": machine()}
+        table = markdown(rows, breakdown, idle, verdict, settings)
+        plot(rows, out / "scale.png")
+        if complete:
+            write_report(results, out / "scale.json", table, markdown=out / "scale.md")
+        else:
+            atomic_write_json(out / "scale.json", results)
+            (out / "scale.md").write_text(table + "\n")
+
     for job in a.jobs:
         data_root, lists = prepare(job, work / job, max(a.sites))
         breakdown[job] = site_breakdown(job, data_root, lists)
@@ -382,17 +400,8 @@ def main(argv=None) -> int:
             print(f"   {row['steady_round_seconds']:.1f} s/round, {row['sim_workers']} x {row['threads_per_site']}"
                   f" threads, peak RSS {row['peak_rss_mb_total']:.0f} MB total, "
                   f"{row['peak_rss_mb_site_max']:.0f} MB per site", flush=True)
-    idle = idle_client_mb()
-    cores = os.cpu_count() or 1
-    verdict = verdicts(rows, cores)
-    settings = {"sites": a.sites, "jobs": a.jobs, "rounds": a.rounds, "job_args": a.job_arg, "cpu_cores": cores,
-                "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
-                "command": "python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:])}
-    results = {"settings": settings, "runs": rows, "memory_per_site": breakdown, "idle_client_mb": idle,
-               "verdict": verdict, "machine": machine()}
-    table = markdown(rows, breakdown, idle, verdict, settings)
-    plot(rows, out / "scale.png")
-    write_report(results, out / "scale.json", table, markdown=out / "scale.md")
+            save(complete=False)
+    save(complete=True)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -178,16 +178,26 @@ def parallelism(args) -> dict:
     simulator starts a fresh process for *every* task of a site (python, torch, MONAI and NVFlare imported again,
     the data cached again, the state restored), which measured ~30 s a turn on 2 loaded cores against ~2 s of
     training (docs/benchmarks.md). Either value can be set by hand; what was chosen is printed and kept in the
-    run's settings.
+    run's settings. Decided once per ``args`` (the memory available changes during a launch; every part of the
+    launch must see the same choice).
     """
     cores = os.cpu_count() or 1
     n_sites = len(sites_of(args))
+    key = (cores, n_sites, getattr(args, "sim_workers", 0), getattr(args, "threads", 0))
+    decided = getattr(args, "_parallelism", None)
+    if decided is not None and decided[0] == key:
+        return dict(decided[1])
     workers = getattr(args, "sim_workers", 0)
     if not workers:
         fit = int(MEMORY_SHARE * _available_mb() // SITE_MB_ESTIMATE)
         workers = min(n_sites, max(fit, min(n_sites, cores)))
     threads = getattr(args, "threads", 0) or max(1, cores // workers)
-    return {"cpu_cores": cores, "n_sites": n_sites, "sim_workers": workers, "threads_per_site": threads}
+    choice = {"cpu_cores": cores, "n_sites": n_sites, "sim_workers": workers, "threads_per_site": threads}
+    try:
+        args._parallelism = (key, dict(choice))
+    except AttributeError:  # an args object that takes no new attributes: decide again next time
+        pass
+    return choice
 
 
 def _available_mb() -> float:

@@ -13,7 +13,11 @@
   ``round_timeout`` seconds, and a watchdog thread ends the wait early once every site still missing is known dead
   (NVFlare reports it disconnected, or, with ``watch_sim_workers``, its simulator worker process is gone). The
   round is then aggregated from the sites that answered if at least ``min_clients`` did; otherwise the run stops
-  with a message naming the missing sites and why. A dead site gets no further tasks.
+  with a message naming the missing sites and why. A dead site gets no further tasks;
+* a round's end is noticed within :data:`TASK_CHECK_PERIOD` seconds: NVFlare's FedAvg polls for finished tasks
+  every 0.5 s and its communicator every 0.2 s (``Controller.set_communicator`` sets ``task_check_period`` on
+  the communicator, an attribute ``WFCommServer`` never reads: it sleeps on ``_task_check_period``), which cost
+  about 0.6 s of idle server time per round (measured in ``benchmarks/fedavg_overhead.py``).
 
 :class:`ControllerRecipe` is ``FedAvgRecipe`` with a ``controller_class`` argument, so an algorithm's server is a
 subclass of :class:`FederatedFedAvg` (IOP-FL's outside phase, FedMRI's encoder snapshots), never a copied recipe,
@@ -40,6 +44,10 @@ __all__ = ["FederatedFedAvg", "ControllerRecipe", "STOP_MARKER"]
 #: prefix of the log line that says why the server stopped a run (the job script shows it to the user)
 STOP_MARKER = "FL-RUN-STOPPED:"
 SIM_WORKER_MODULE = "nvflare.private.fed.app.simulator.simulator_worker"
+#: seconds between the server's checks for finished tasks (NVFlare: 0.5 in FedAvg, 0.2 in its communicator); a
+#: check is a few lookups under a lock, and the next round's task is then ready before a site's first fetch
+#: (``task_request_interval`` 0.1 s after its result; see src/learners/polling.py for the site side)
+TASK_CHECK_PERIOD = 0.02
 
 
 class FederatedFedAvg(FedAvg):
@@ -55,6 +63,7 @@ class FederatedFedAvg(FedAvg):
 
     def __init__(self, *args, train_sites: list[str] | None = None, min_clients: int = 0, round_timeout: int = 0,
                  watch_sim_workers: bool = False, **kwargs):
+        kwargs.setdefault("task_check_period", TASK_CHECK_PERIOD)
         super().__init__(*args, **kwargs)
         if not isinstance(min_clients, int) or min_clients < 0:
             raise ValueError(f"min_clients must be an int >= 0, got {min_clients!r}")
@@ -71,6 +80,11 @@ class FederatedFedAvg(FedAvg):
         self._dead: dict[str, str] = {}  # site -> why it is considered dead
         self._workers_seen: dict[str, float] = {}  # site -> last time its simulator worker was seen alive
         self._watchdog: threading.Thread | None = None
+
+    def set_communicator(self, communicator) -> None:
+        super().set_communicator(communicator)
+        if hasattr(communicator, "_task_check_period"):  # see the module docstring (NVFlare 2.9's WFCommServer)
+            communicator._task_check_period = self._task_check_period
 
     # ---- hooks for server rules ------------------------------------------------------------------------
     def round_extras(self, model: FLModel) -> dict:

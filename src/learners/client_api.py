@@ -17,6 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
+from src.learners.polling import TaskPacing
 from src.protocol import NUM_STEPS_KEY, PHASE_KEY, ROUND_ERROR_KEY, SITE_KEY, unpack_payload
 from src.reporting.console import progress, site_line
 
@@ -66,13 +67,28 @@ def site_state_dir(site: str) -> Path:
     return Path(root) / site if root else Path.cwd() / "models"
 
 
+def result_message(result) -> dict:
+    """The parts of a training round's ``FLModel`` (``params``, ``metrics``, ``meta``) a site sends.
+
+    The received global model's validation score (``val_*``) is what the server's model selection compares; the
+    local / personalised scores and training figures ride along for the server's round table.
+    """
+    return {"params": result.params, "metrics": {**result.metrics, **result.received_metrics},
+            "meta": {NUM_STEPS_KEY: result.num_steps, **result.meta}}
+
+
 def run(staged: dict) -> None:
     import nvflare.client as flare
     from nvflare.app_common.abstract.fl_model import FLModel
 
     from src.learners.base import NonFiniteLossError
 
-    flare.init()
+    pacing = TaskPacing(flare.init())
+
+    def send(model: FLModel) -> None:
+        flare.send(model)
+        pacing.result_sent()  # the next task is due: fetch it sooner
+
     site = flare.get_site_name()
     try:
         learner = build_learner(site, staged, site_state_dir(site))
@@ -93,16 +109,16 @@ def run(staged: dict) -> None:
             break
         params, extras = unpack_payload(received.params, site)
         if flare.is_submit_model():
-            flare.send(FLModel(params=learner.best_local_state()))
+            send(FLModel(params=learner.best_local_state()))
             continue
         if flare.is_evaluate():
-            flare.send(FLModel(metrics=learner.evaluate(params, split=learner.config.eval_split)))
+            send(FLModel(metrics=learner.evaluate(params, split=learner.config.eval_split)))
             continue
         phase = (received.meta or {}).get(PHASE_KEY)
         if phase:  # a controller's extra request riding on the train task (e.g. IOP-FL's export / routing)
             params, metrics = learner.run_phase(phase, params, received.meta)
             metrics_log.log({f"{phase}/{k}": v for k, v in metrics.items()}, received.current_round or 0)
-            flare.send(FLModel(params=params, metrics=metrics, meta={SITE_KEY: site}))
+            send(FLModel(params=params, metrics=metrics, meta={SITE_KEY: site}))
             continue
         round_number = received.current_round or 0
         started = time.monotonic()
@@ -111,18 +127,14 @@ def run(staged: dict) -> None:
             result = learner.fit_round(params, round_number, extras)
         except NonFiniteLossError as e:  # nothing trained is sent; the server drops this site for the round
             log.error(str(e))
-            flare.send(FLModel(params=learner.shared_state(), meta={NUM_STEPS_KEY: 0, ROUND_ERROR_KEY: str(e)}))
+            send(FLModel(params=learner.shared_state(), meta={NUM_STEPS_KEY: 0, ROUND_ERROR_KEY: str(e)}))
             continue
         inject_fault(learner, site, result)
         metrics_log.log(result.metrics, round_number)
         log.info(f"{site} round {round_number}: {_fmt(result.received_metrics)} (global) {_fmt(result.metrics)}")
         progress(site_line(round_number, received.total_rounds, site, result.metrics, result.received_metrics,
                            learner.key_metric, time.monotonic() - started))
-        # the received global model's validation score (val_*) is what the server's model selection compares;
-        # the local / personalised scores and training figures ride along for the server's round table
-        meta = {NUM_STEPS_KEY: result.num_steps, **result.meta}
-        sent = {**result.metrics, **result.received_metrics}
-        flare.send(FLModel(params=result.params, metrics=sent, meta=meta))
+        send(FLModel(**result_message(result)))
 
 
 #: ``config.extra`` key of the reliability tests' fault injection: ``{"site": ..., "kind": "nan_weights" |

@@ -66,3 +66,18 @@ def test_recipe_takes_the_controller_class_and_a_checked_aggregator(tmp_path):
     with pytest.raises(TypeError, match="FederatedFedAvg subclass"):
         ControllerRecipe(controller_class=FedAvg, name="x", model=torch.nn.Linear(1, 1), min_clients=1,
                          num_rounds=1, train_script="x.py")
+
+
+def test_round_ends_are_noticed_within_the_controllers_check_period():
+    """NVFlare 2.9's Controller.set_communicator sets ``task_check_period`` on the communicator, which WFCommServer
+    never reads (it sleeps on ``_task_check_period``, 0.2 s); FedAvg itself polls every 0.5 s by default."""
+    from nvflare.apis.impl.wf_comm_server import WFCommServer
+
+    from src.aggregators.controller import TASK_CHECK_PERIOD
+
+    controller = FederatedFedAvg(num_rounds=1)
+    communicator = WFCommServer()
+    assert communicator._task_check_period == 0.2  # NVFlare's own default: the bug this works around is still there
+    controller.set_communicator(communicator)
+    assert controller._task_check_period == communicator._task_check_period == TASK_CHECK_PERIOD < 0.2
+    assert FederatedFedAvg(num_rounds=1, task_check_period=0.3)._task_check_period == 0.3  # still settable

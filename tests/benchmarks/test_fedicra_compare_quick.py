@@ -45,6 +45,11 @@ def test_quick_two_methods_faz(tmp_path):
     meta, md = _check(tmp_path / "out", "faz", ["fedavg", "local"], [0])
     assert "dice_faz" in md and "quick smoke run" in md and result["markdown"] == md
     assert "not measured" in md  # FedICRA did not run: its orderings are said to be unmeasured, not dropped
+    # bytes per round by NVFlare's serialisation: FedAvg sends its model both ways, local nothing
+    wire = meta["bytes_per_round"]
+    down, up = wire["fedavg"]["server_to_site"], wire["fedavg"]["site_to_server"]
+    assert set(wire) == {"fedavg"} and down > 1e6 and abs(up - down) < 0.01 * down  # the whole model each way
+    assert "Communication per site and round" in md
     report, _ = build_report(tmp_path / "out")
     text = report.read_text()
     assert "## fedicra: FedICRA, FAZ" in text and "| fedavg |" in text and "| local |" in text

@@ -65,6 +65,28 @@ def test_float16_halves_the_site_to_server_bytes_against_none_in_the_same_test(p
         ratio = half[site]["result"][0] / none[site]["result"][0]
         assert 0.45 < ratio < 0.6, (site, ratio)
         assert 0.45 < half[site]["task"][0] / none[site]["task"][0] < 0.6, site
+    # the in-process comparisons' figure (benchmarks/_wire.py: NVFlare's serialisation of the FLModel the job
+    # sends, without its transport) agrees with what this run's server counted, headers aside
+    in_process = _in_process_bytes()
+    for site in ("site-1", "site-2"):
+        for direction, measured in (("task", "server_to_site"), ("result", "site_to_server")):
+            sent = none[site][direction][-1]
+            assert abs(in_process[measured] - sent) < 0.002 * sent, (site, direction, in_process[measured], sent)
+
+
+def _in_process_bytes() -> dict:
+    from benchmarks._wire import RoundBytes
+    from src.config.tutorial import ProstateConfig
+    from src.models.networks import ProstateUNet
+    from src.protocol import NUM_STEPS_KEY, TRAIN_SAMPLES_KEY
+
+    state = ProstateUNet(channels=ProstateConfig().channels).state_dict()
+    meter = RoundBytes()
+    meter.task("fedavg", 0, state, 1)
+    meter.result("fedavg", 0, {"params": state, "meta": {NUM_STEPS_KEY: 3, TRAIN_SAMPLES_KEY: 3},
+                               "metrics": {"val_dice": 0.1, "val_dice_local": 0.2, "train_loss": 0.3,
+                                           "train_seconds": 1.0}})
+    return meter.measure()["fedavg"]
 
 
 @pytest.mark.sim

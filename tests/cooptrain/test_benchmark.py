@@ -125,6 +125,8 @@ def test_quick_benchmark_writes_the_comparison_shape(tmp_path):
     assert clean and {v["case"] for v in spiked} == clean and len(spiked) == len(clean)  # realisations averaged
     meta = json.loads((out / "cooptrain_compare_meta.json").read_text())
     assert meta["settings"]["complete"] and meta["run_label"].startswith("quick")
+    wire = meta["bytes_per_round"]  # every federated method's messages, by NVFlare's serialisation
+    assert set(wire) == set(bench.METHODS) and all(b["site_to_server"] > 1000 for b in wire.values())
     md = (out / "cooptrain_compare.md").read_text()
     assert "cooperative+latent-DA > cooperative" in md and "not measured" not in md
     assert (out / "cooptrain_compare.png").stat().st_size > 1000

@@ -111,3 +111,26 @@ def test_scale_never_replaces_a_work_folder_it_did_not_make(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["--quick", "--out", str(tmp_path)])
     assert exc.value.code == 2 and mine.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("job", ["prostate2d", "mednist"])
+def test_each_jobs_data_is_prepared_for_every_site_and_its_memory_broken_down(tmp_path, job):
+    """The data each job of the sweep gets (the MedNIST part once failed only after the prostate sweep had run)."""
+    from benchmarks.scale import prepare, site_breakdown
+
+    data_root, lists = prepare(job, tmp_path / job, 3)
+    assert sorted(p.name for p in lists.glob("site-*.json")) == ["site-1.json", "site-2.json", "site-3.json"]
+    parts = site_breakdown(job, data_root, lists)
+    assert all(v > 0 for k, v in parts.items() if k.endswith("_mb")), parts
+
+
+def test_overhead_pairs_alternate_and_round_turnarounds_come_from_the_site_logs():
+    from benchmarks.fedavg_overhead import interleaved, turnarounds
+
+    assert interleaved(3) == ["sim", "ref", "ref", "sim", "sim", "ref"]
+    assert interleaved(2, "learner", "plain") == ["learner", "plain", "plain", "learner"]
+    events = [(10.0, "site-1", 0, "val_dice"), (11.0, "site-2", 0, "val_dice"),  # round 0 ends at 11.0
+              (11.4, "site-2", 1, "training started"), (11.9, "site-1", 1, "training started"),
+              (20.0, "site-1", 1, "val_dice"), (21.0, "site-2", 1, "val_dice"),
+              (21.3, "site-1", 2, "training started"), (21.2, "site-2", 2, "training started")]
+    assert [round(t, 3) for t in turnarounds(events, 3)] == [0.9, 0.3]

@@ -31,6 +31,18 @@ def test_default_threads_never_outnumber_cores_beyond_the_processes(monkeypatch,
     assert common.common_config(args)["num_threads"] == threads
 
 
+def test_one_launch_sees_one_choice_even_if_memory_changes(monkeypatch, tmp_path):
+    import jobs.common as common
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(common, "_available_mb", lambda: 64 * 1024.0)
+    args = _args(tmp_path, "--n-clients", "16")
+    first = common.parallelism(args)
+    monkeypatch.setattr(common, "_available_mb", lambda: 4 * 1024.0)  # e.g. the data cache filled the memory
+    assert common.parallelism(args) == first and first["sim_workers"] == 16
+    assert common.parallelism(_args(tmp_path, "--n-clients", "16"))["sim_workers"] == 4  # a new launch decides anew
+
+
 def test_overrides_and_settings(monkeypatch, tmp_path):
     from jobs.common import parallelism
     from jobs.console import run_settings
