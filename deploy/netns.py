@@ -12,7 +12,6 @@ per poll (``{"t": unix time, "clients": [...]}``) with the sites the server sees
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -154,7 +153,7 @@ def write_server_resources(server_kit: Path, heart_beat_timeout: float, snapshot
 
 def monitor(kit: str, out: str, interval: float, username: str) -> None:
     """Append the server's connected sites to ``out`` every ``interval`` seconds until terminated."""
-    from nvflare.fuel.flare_api.flare_api import new_secure_session
+    from deploy.admin import close_quietly, login
 
     session = None
     with open(out, "a") as f:
@@ -162,12 +161,10 @@ def monitor(kit: str, out: str, interval: float, username: str) -> None:
             clients: list[str] | None = None
             try:
                 if session is None:
-                    session = new_secure_session(username, kit, timeout=10)
+                    session = login(username, kit, timeout=10)
                 clients = sorted(c.name for c in session.get_system_info().client_info)
             except Exception as e:  # server not up yet or unreachable: record and retry
-                with contextlib.suppress(Exception):
-                    if session is not None:
-                        session.close()
+                close_quietly(session)
                 session = None
                 f.write(json.dumps({"t": time.time(), "error": f"{type(e).__name__}: {e}"[:200]}) + "\n")
             if clients is not None:

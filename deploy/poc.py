@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from deploy.admin import close_quietly, login
 from deploy.processes import terminate_then_kill
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,9 +247,7 @@ class PocDeployment:
     @property
     def session(self):
         if self._session is None:
-            from nvflare.fuel.flare_api.flare_api import new_secure_session
-
-            self._session = new_secure_session(self.admin_name, str(self.kit(self.admin_name)), timeout=60)
+            self._session = login(self.admin_name, str(self.kit(self.admin_name)), timeout=60)
         return self._session
 
     def connected_sites(self) -> list[str]:
@@ -290,8 +289,7 @@ class PocDeployment:
                     raise
                 lost += 1
                 self._log(f"admin connection lost ({e}); reconnecting ({lost}/{MAX_ADMIN_RECONNECTS})")
-                with contextlib.suppress(Exception):
-                    self._session.close()
+                close_quietly(self._session)
                 self._session = None
                 time.sleep(poll)
                 continue
@@ -330,9 +328,7 @@ class PocDeployment:
         if self._session is not None or self._server_up():
             with contextlib.suppress(Exception):
                 self._graceful_shutdown()
-        with contextlib.suppress(Exception):
-            if self._session is not None:
-                self._session.close()
+        close_quietly(self._session)
         self._session = None
         leftovers = self._terminate_all(grace=max(5.0, self.stop_timeout / 3))
         self.processes.clear()
