@@ -17,6 +17,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from src.comm.wire import as_numpy
+
 __all__ = ["RoundBytes", "DIRECTIONS"]
 
 #: the comparisons' names for the two directions (the jobs' ``task`` and ``result``)
@@ -25,9 +27,7 @@ DIRECTIONS = ("server_to_site", "site_to_server")
 
 def _plain(params: Mapping | None) -> dict | None:
     """Detached numpy copies (what is pickled to the measuring process)."""
-    if params is None:
-        return None
-    return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in params.items()}
+    return None if params is None else {k: as_numpy(v) for k, v in params.items()}
 
 
 def _measure(messages: list[dict]) -> list[int]:

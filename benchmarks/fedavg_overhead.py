@@ -319,7 +319,9 @@ def part_p1(a, data_root, datalists, work, learners, steps_per_round, threads, r
     each = ", ".join(f"{r:.3f}" for r in ratios)
     turn_text = (f"{np.mean(turn):.2f} s mean, {max(turn):.2f} s max over {len(turn)} round boundaries "
                  f"({100 * sum(turn) / sum(x['fl_seconds'] for x in sims):.1f} % of FL time)") if turn else "-"
-    m = medians
+    def both(what: str) -> str:
+        return f"{medians[f'simulator_{what}_seconds']:.1f} s / {medians[f'reference_{what}_seconds']:.1f} s"
+
     return [
         f"| **P1 FL time / reference (one plain single-threaded process per site in parallel, same steps, "
         f"validations and averaging)**, median of {len(ratios)} interleaved pairs | **{results['P1_ratio']:.2f}** "
@@ -330,12 +332,9 @@ def part_p1(a, data_root, datalists, work, learners, steps_per_round, threads, r
         f"(mean of {len(train_sim)} / {len(train_ref)}) | {_ratio_text(train_sim, train_ref)} | |",
         f"| P1 FL time / one pooled plain process with {threads} threads (older comparison) | "
         f"{results['P1_pooled_ratio']:.2f} ({fl:.1f} s / {plain_seconds:.1f} s) | |",
-        f"| start-up (launch to first training step): simulator / reference (medians) | "
-        f"{m['simulator_startup_seconds']:.1f} s / {m['reference_startup_seconds']:.1f} s | |",
-        f"| shutdown (last round to exit): simulator / reference (medians) | {m['simulator_shutdown_seconds']:.1f} s "
-        f"/ {m['reference_shutdown_seconds']:.1f} s | |",
-        f"| wall time per run: simulator / reference (medians) | {m['simulator_wall_seconds']:.1f} s / "
-        f"{m['reference_wall_seconds']:.1f} s | |",
+        f"| start-up (launch to first training step): simulator / reference (medians) | {both('startup')} | |",
+        f"| shutdown (last round to exit): simulator / reference (medians) | {both('shutdown')} | |",
+        f"| wall time per run: simulator / reference (medians) | {both('wall')} | |",
         f"| peak RSS, largest simulator process | {sim_peak_mb:.0f} MB | |",
         f"| load averages (1/5/15 min) at P1 start | {load_p1} | |",
     ]

@@ -406,7 +406,7 @@ def main(argv=None) -> int:
     sites = [site_id(s) for s in RAW_SITES if site_id(s) != ood]
     if len(sites) == len(RAW_SITES):
         raise ValueError(f"--ood-test must be one of {RAW_SITES}, got {args.ood_site!r}")
-    tracker, meter = Tracker(out), RoundBytes()
+    tracker, meter, wire = Tracker(out), RoundBytes(), {}
     rows, per_seed = [], {}
     test_cases = {s: _count_cases(Path(args.datalist_dir) / f"{s}.json", "testing") for s in sites}
     for seed in args.seeds:
@@ -423,8 +423,10 @@ def main(argv=None) -> int:
         per_seed[seed] = {"inside": inside, "outside": outside}
         print(f"[seed {seed}] done in {seconds:.0f} s", flush=True)
         # written after every seed: an interrupted run still leaves a valid comparison of the seeds it finished
+        # a round's messages have the same size every seed (fixed shapes): serialised once, after the first
+        wire = wire or meter.measure()
         _write_results(args, argv, out, rows, per_seed, data, sites, ood, test_cases, time.perf_counter() - start,
-                       meter.measure())
+                       wire)
     seconds = time.perf_counter() - start
     from benchmarks.report import write_comparison_report
 

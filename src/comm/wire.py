@@ -33,7 +33,7 @@ from nvflare.apis.shareable import Shareable
 
 from src.comm.wire_report import DIRECTIONS, WIRE_FILE
 
-__all__ = ["WIRE_FILE", "DIRECTIONS", "WireBytes", "shareable_bytes", "model_message_bytes"]
+__all__ = ["WIRE_FILE", "DIRECTIONS", "WireBytes", "shareable_bytes", "model_message_bytes", "as_numpy"]
 
 _LOCK = threading.Lock()
 
@@ -74,20 +74,23 @@ def shareable_bytes(shareable: Shareable) -> tuple[int, int]:
     return total, arrays
 
 
+def as_numpy(v):
+    """A torch tensor as a detached CPU numpy array, other arrays as numpy, anything else unchanged."""
+    import numpy as np
+
+    if hasattr(v, "detach"):
+        return v.detach().cpu().numpy()
+    return np.asarray(v) if hasattr(v, "dtype") else v
+
+
 def model_message_bytes(params: dict | None, metrics: dict | None = None, meta: dict | None = None,
                         current_round: int | None = None, total_rounds: int | None = None) -> int:
     """FOBS bytes of the message NVFlare builds from an ``FLModel`` with these parts, as :class:`WireBytes`
     counts a real one: ``FLModelUtils.to_shareable`` (the Client API's and the controller's conversion), tensors
     as numpy arrays (the jobs' exchange format). For the in-process comparisons, which run the jobs' learners and
     server rules without NVFlare's transport; checked against a simulator run's count in tests/comm."""
-    import numpy as np
     from nvflare.app_common.abstract.fl_model import FLModel
     from nvflare.app_common.utils.fl_model_utils import FLModelUtils
-
-    def as_numpy(v):
-        if hasattr(v, "detach"):  # a torch tensor
-            return v.detach().cpu().numpy()
-        return np.asarray(v) if hasattr(v, "dtype") else v
 
     model = FLModel(params={k: as_numpy(v) for k, v in params.items()} if params is not None else None,
                     metrics=dict(metrics) if metrics else None, meta=dict(meta or {}),
