@@ -66,10 +66,18 @@ TRACKING_CHOICES = {
 }
 
 
+#: RSS one site's simulator process needs, for the default parallelism, unless the job says more (``job_parser``'s
+#: ``site_mb``): measured 0.73 GB for the 2-D prostate job on tiny data, ~0.6 GB of it python + torch + MONAI +
+#: NVFlare imported (benchmarks/scale.py; MedNIST's DenseNet121 needs about 0.95 GB and says so)
+SITE_MB_ESTIMATE = 800
+
+
 def job_parser(description: str, *, name: str, n_clients: int, num_rounds: int, local_epochs: int,
-               data_root: str, datalist_dir: str) -> argparse.ArgumentParser:
-    """The options every job takes (``--help`` shows the job's own defaults)."""
+               data_root: str, datalist_dir: str, site_mb: float | None = None) -> argparse.ArgumentParser:
+    """The options every job takes (``--help`` shows the job's own defaults); ``site_mb``: the job's measured
+    RSS per site process where it exceeds :data:`SITE_MB_ESTIMATE` (the default parallelism plans with it)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.set_defaults(site_mb_estimate=site_mb or SITE_MB_ESTIMATE)
     p.add_argument("--env", choices=("sim", "poc", "prod", "export"), default="sim",
                    help="run in the simulator, on a fresh local POC, submit to a running provisioned deployment "
                         "(prod, with --startup-kit), or only export the job folder")
@@ -159,9 +167,6 @@ def parse_job_args(parser: argparse.ArgumentParser, argv=None, check=None) -> ar
     return args
 
 
-#: RSS one site's simulator process needs, for the default parallelism (measured 0.7 GB for the 2-D prostate and
-#: MedNIST jobs on tiny data: ~0.6 GB of it is python + torch + MONAI + NVFlare imported; benchmarks/scale.py)
-SITE_MB_ESTIMATE = 800
 #: share of the memory available at launch the default parallelism may plan for the site processes
 MEMORY_SHARE = 0.8
 
@@ -170,7 +175,8 @@ def parallelism(args) -> dict:
     """How the simulator shares this machine: site processes at once and torch threads per site.
 
     Default (``--sim-workers 0``, ``--threads 0``): every site its own process, the whole run long, while
-    ``sites x SITE_MB_ESTIMATE`` fits in ``MEMORY_SHARE`` of the memory available at launch; else as many processes
+    ``sites x`` the job's RSS per site (``SITE_MB_ESTIMATE`` unless the job says more) fits in ``MEMORY_SHARE`` of
+    the memory available at launch; else as many processes
     as fit (never fewer than ``min(sites, cores)``), the sites taking turns. Torch threads per site are
     ``cores // processes`` (at least 1), so the threads that compute never outnumber the cores by more than the
     processes do: 2 sites on 2 cores: 2 x 1 thread; 1 site: 1 x 2; 16 sites: 16 x 1 (time-sliced, no spinning
@@ -189,7 +195,7 @@ def parallelism(args) -> dict:
         return dict(decided[1])
     workers = getattr(args, "sim_workers", 0)
     if not workers:
-        fit = int(MEMORY_SHARE * _available_mb() // SITE_MB_ESTIMATE)
+        fit = int(MEMORY_SHARE * _available_mb() // getattr(args, "site_mb_estimate", SITE_MB_ESTIMATE))
         workers = min(n_sites, max(fit, min(n_sites, cores)))
     threads = getattr(args, "threads", 0) or max(1, cores // workers)
     choice = {"cpu_cores": cores, "n_sites": n_sites, "sim_workers": workers, "threads_per_site": threads}

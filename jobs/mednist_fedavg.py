@@ -17,12 +17,16 @@ from jobs.console import finish  # noqa: E402
 from jobs.preflight import preflight  # noqa: E402
 from src.config.tutorial import MedNISTConfig  # noqa: E402
 
+#: memory one MedNIST site process needs (DenseNet121): peak PSS 861-943 MB measured with 8 sites (RSS 1041-1122 MB
+#: counts the shared library pages in every process; docs/benchmarks.md), plus a margin
+MEDNIST_SITE_MB = 1000
 PREPARE = ".venv/bin/python -m data_prep.mednist generate && .venv/bin/python -m data_prep.mednist split"
 
 
 def parse_args(argv=None, check: bool = False):
     p = job_parser(__doc__, name="mednist_fedavg", n_clients=3, num_rounds=3, local_epochs=1,
-                   data_root="data/mednist", datalist_dir="datalists/mednist")
+                   data_root="data/mednist", datalist_dir="datalists/mednist",
+                   site_mb=MEDNIST_SITE_MB)
     p.add_argument("--lr", type=float, default=MedNISTConfig.lr, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=MedNISTConfig.batch_size)
     return parse_job_args(p, argv, check=(lambda a: preflight(a, PREPARE)) if check else None)

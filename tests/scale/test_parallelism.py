@@ -15,7 +15,7 @@ def _args(tmp_path, *extra):
 
 @pytest.mark.parametrize("cores,mem_gb,sites,workers,threads", [
     (2, 64, 1, 1, 2), (2, 64, 2, 2, 1), (2, 64, 16, 16, 1), (16, 64, 4, 4, 4), (1, 64, 3, 3, 1),
-    (2, 4, 16, 4, 1),   # 4 GB: 0.8 * 4096 / 800 -> 4 processes, the 16 sites taking turns
+    (2, 6, 16, 4, 1),   # 6 GB: 0.8 * 6144 / 1000 (MedNIST's memory per site) -> 4 processes, the sites taking turns
     (8, 1, 16, 8, 1),   # too little memory for even min(sites, cores): never fewer than that
 ])
 def test_default_threads_never_outnumber_cores_beyond_the_processes(monkeypatch, tmp_path, cores, mem_gb, sites,
@@ -38,9 +38,21 @@ def test_one_launch_sees_one_choice_even_if_memory_changes(monkeypatch, tmp_path
     monkeypatch.setattr(common, "_available_mb", lambda: 64 * 1024.0)
     args = _args(tmp_path, "--n-clients", "16")
     first = common.parallelism(args)
-    monkeypatch.setattr(common, "_available_mb", lambda: 4 * 1024.0)  # e.g. the data cache filled the memory
+    monkeypatch.setattr(common, "_available_mb", lambda: 6 * 1024.0)  # e.g. the data cache filled the memory
     assert common.parallelism(args) == first and first["sim_workers"] == 16
     assert common.parallelism(_args(tmp_path, "--n-clients", "16"))["sim_workers"] == 4  # a new launch decides anew
+
+
+def test_a_job_that_needs_more_memory_per_site_plans_with_its_own_figure(monkeypatch, tmp_path):
+    import jobs.common as common
+    import jobs.prostate_fedavg as prostate
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(common, "_available_mb", lambda: 12 * 1024.0)  # 0.8 x 12 GB = 9830 MB to plan with
+    common_args = ["--data-root", str(tmp_path), "--datalist-dir", str(tmp_path), "--n-clients", "16"]
+    default = common.parallelism(prostate.parse_args(common_args))["sim_workers"]
+    mednist = common.parallelism(_args(tmp_path, "--n-clients", "16"))["sim_workers"]
+    assert (default, mednist) == (int(9830.4 // common.SITE_MB_ESTIMATE), int(9830.4 // 1000)) == (12, 9)
 
 
 def test_overrides_and_settings(monkeypatch, tmp_path):
