@@ -71,7 +71,7 @@ def test_fedprox_adds_the_proximal_term(tiny_prostate, tmp_path):
     assert learner._local_loss(pred, label).item() == pytest.approx(base.item() + 1.0, rel=1e-5)
     # the anchor is the model received at the start of a round
     learner.train_round(learner.shared_state(), 1)
-    assert float(learner.penalty()) > 0.0
+    assert float(learner.penalty().detach()) > 0.0
 
 
 def test_config_rules():
