@@ -66,16 +66,16 @@ TRACKING_CHOICES = {
 }
 
 
-#: RSS one site's simulator process needs, for the default parallelism, unless the job says more (``job_parser``'s
-#: ``site_mb``): measured 0.73 GB for the 2-D prostate job on tiny data, ~0.6 GB of it python + torch + MONAI +
-#: NVFlare imported (benchmarks/scale.py; MedNIST's DenseNet121 needs about 0.95 GB and says so)
+#: memory one site's simulator process needs, for the default parallelism, unless the job states its own
+#: (``job_parser``'s ``site_mb``): the 2-D prostate job peaks at 0.73 GB RSS on tiny data, ~0.6 GB of it python +
+#: torch + MONAI + NVFlare imported (benchmarks/scale.py); MedNIST's DenseNet121 states ~1 GB (its measured PSS)
 SITE_MB_ESTIMATE = 800
 
 
 def job_parser(description: str, *, name: str, n_clients: int, num_rounds: int, local_epochs: int,
                data_root: str, datalist_dir: str, site_mb: float | None = None) -> argparse.ArgumentParser:
     """The options every job takes (``--help`` shows the job's own defaults); ``site_mb``: the job's measured
-    RSS per site process where it exceeds :data:`SITE_MB_ESTIMATE` (the default parallelism plans with it)."""
+    memory per site process where it differs from :data:`SITE_MB_ESTIMATE` (the default parallelism plans with it)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.set_defaults(site_mb_estimate=site_mb or SITE_MB_ESTIMATE)
     p.add_argument("--env", choices=("sim", "poc", "prod", "export"), default="sim",
@@ -175,9 +175,9 @@ def parallelism(args) -> dict:
     """How the simulator shares this machine: site processes at once and torch threads per site.
 
     Default (``--sim-workers 0``, ``--threads 0``): every site its own process, the whole run long, while
-    ``sites x`` the job's RSS per site (``SITE_MB_ESTIMATE`` unless the job says more) fits in ``MEMORY_SHARE`` of
-    the memory available at launch; else as many processes
-    as fit (never fewer than ``min(sites, cores)``), the sites taking turns. Torch threads per site are
+    ``sites x`` the job's memory per site (``SITE_MB_ESTIMATE`` unless the job states its own) fits in
+    ``MEMORY_SHARE`` of the memory available at launch; else as many processes as fit (never fewer than
+    ``min(sites, cores)``), the sites taking turns. Torch threads per site are
     ``cores // processes`` (at least 1), so the threads that compute never outnumber the cores by more than the
     processes do: 2 sites on 2 cores: 2 x 1 thread; 1 site: 1 x 2; 16 sites: 16 x 1 (time-sliced, no spinning
     OpenMP pools). Why not ``min(sites, cores)`` processes always: with fewer processes than sites NVFlare's
